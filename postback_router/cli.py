@@ -1,0 +1,103 @@
+"""`postback-router`: the one command line of the service (SPEC 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import NoReturn
+
+import click
+
+from postback_router import __version__
+from postback_router.settings import Settings, SettingsError, load_settings
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"postback-router: {message}", err=True)
+    sys.exit(2)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        _fail(str(exc))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="postback-router")
+def main() -> None:
+    """Conditional postbacks as a streaming service. Settings come from the environment (see README)."""
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Loopback port to listen on (default: a free one).")
+def broker(port: int | None) -> None:
+    """Run the embedded development broker (Tansu, in memory) until interrupted."""
+    from postback_router.embedded_broker import BrokerError, start_broker
+
+    try:
+        running = start_broker(port)
+    except BrokerError as exc:
+        _fail(str(exc))
+    click.echo(f"KAFKA_BOOTSTRAP_SERVERS={running.bootstrap_servers}", nl=True)
+    click.echo("embedded broker running (in memory: topics are lost when it stops); Ctrl-C to stop", err=True)
+    sys.stdout.flush()
+    stop = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        while not stop and running.process.poll() is None:
+            signal.pause() if hasattr(signal, "pause") else None
+    finally:
+        running.stop()
+
+
+@main.command()
+def topics() -> None:
+    """Create the service's topics (what `worker` does at start-up when AUTO_CREATE_TOPICS=true)."""
+    from postback_router.topics import ensure_topics
+
+    settings = _settings()
+    try:
+        counts = asyncio.run(ensure_topics(settings))
+    except RuntimeError as exc:
+        _fail(str(exc))
+    for topic, partitions in sorted(counts.items()):
+        click.echo(f"{topic}\t{partitions} partitions")
+
+
+@main.command()
+def worker() -> None:
+    """Run the stream processor: match conversions with campaign rules, emit postbacks."""
+    import faust
+
+    from postback_router.topics import ensure_topics, replication_factor
+    from streams.app import create_worker
+
+    settings = _settings()
+    try:
+        counts = asyncio.run(ensure_topics(settings))
+        replication = asyncio.run(replication_factor(settings))
+    except RuntimeError as exc:
+        _fail(str(exc))
+    built = create_worker(settings, counts[settings.topics.conversions], replication)
+    faust_worker = faust.Worker(
+        built.app,
+        *built.services,
+        loglevel=settings.log_level,
+        quiet=True,
+    )
+    logging.getLogger("faust").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    faust_worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Configuration: read once from the environment, validated at start-up.
+
+Every setting is an environment variable; README.md lists them all. A bad value stops the process
+with a message naming the variable (SPEC 5).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+KINDS = ("s2s", "google_ads", "meta", "tiktok", "microsoft_ads")
+STATUSES = ("approved", "pending", "declined", "other")
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names the variable."""
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """Seconds from `90d`, `12h`, `30m`, `10s`, `250ms` or a bare number of seconds."""
+    match = _DURATION.match(raw.strip())
+    if not match:
+        raise SettingsError(f"{name}={raw!r}: expected a duration such as 90d, 12h, 30m, 10s, 250ms or seconds")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected true or false")
+
+
+def _int(name: str, raw: str, minimum: int, maximum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name}={value}: must be between {minimum} and {maximum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    conversions: str
+    campaign_rules: str
+    offer_sources: str
+    postbacks: dict[str, str]  # kind -> topic
+    results: str
+    dead_letter: str
+    evaluations: str
+
+    def invalid(self, topic: str) -> str:
+        return topic + ".invalid"
+
+    @property
+    def compacted(self) -> tuple[str, ...]:
+        return (self.campaign_rules, self.offer_sources)
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.conversions,
+            self.invalid(self.conversions),
+            self.campaign_rules,
+            self.invalid(self.campaign_rules),
+            self.offer_sources,
+            self.invalid(self.offer_sources),
+            *self.postbacks.values(),
+            self.results,
+            self.dead_letter,
+            self.evaluations,
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str
+    app_id: str
+    topics: Topics
+    default_status: str = "approved"
+    max_conversion_bytes: int = 65_536
+    fired_state_retention_seconds: int = 90 * 86400
+    fired_state_sweep_interval_seconds: float = 3600
+    state_store: str = "rocksdb://"
+    state_dir: str = "var/state"
+    auto_create_topics: bool = True
+    topic_partitions: int = 8
+    topic_replication_factor: int | None = None  # None: min(3, brokers in the cluster)
+    emit_evaluations: bool = False
+    batch_max_size: int = 1000
+    batch_max_wait_seconds: float = 0.005
+    session_timeout_seconds: float = 30.0
+    heartbeat_interval_seconds: float = 3.0
+    log_level: str = "INFO"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def _topic(env: Mapping[str, str], prefix: str, name: str, default: str) -> str:
+    value = prefix + env.get(name, default)
+    if not _TOPIC_NAME.match(value):
+        raise SettingsError(f"{name}={value!r}: a topic name is 1-249 of A-Z a-z 0-9 . _ -")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool = True) -> Settings:
+    """Settings from `env` (default: os.environ); raises SettingsError naming the bad variable."""
+    env = os.environ if env is None else env
+    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if require_kafka and not bootstrap:
+        raise SettingsError(
+            "KAFKA_BOOTSTRAP_SERVERS is not set: give the Kafka cluster as host:port[,host:port], "
+            "or start a development broker with `postback-router broker`"
+        )
+    prefix = env.get("TOPIC_PREFIX", "")
+    postbacks_prefix = env.get("TOPIC_POSTBACKS_PREFIX", "postbacks")
+    topics = Topics(
+        conversions=_topic(env, prefix, "TOPIC_CONVERSIONS", "conversions"),
+        campaign_rules=_topic(env, prefix, "TOPIC_CAMPAIGN_RULES", "campaign-rules"),
+        offer_sources=_topic(env, prefix, "TOPIC_OFFER_SOURCES", "offer-sources"),
+        postbacks={kind: _topic({}, prefix, "TOPIC_POSTBACKS_PREFIX", f"{postbacks_prefix}.{kind}") for kind in KINDS},
+        results=_topic(env, prefix, "TOPIC_RESULTS", f"{postbacks_prefix}.results"),
+        dead_letter=_topic(env, prefix, "TOPIC_DEAD_LETTER", f"{postbacks_prefix}.dead-letter"),
+        evaluations=_topic(env, prefix, "TOPIC_EVALUATIONS", "conversions.evaluated"),
+    )
+    default_status = env.get("DEFAULT_STATUS", "approved")
+    if default_status not in STATUSES:
+        raise SettingsError(f"DEFAULT_STATUS={default_status!r}: must be one of {', '.join(STATUSES)}")
+    state_store = env.get("STATE_STORE", "rocksdb://")
+    if state_store not in ("rocksdb://", "memory://"):
+        raise SettingsError(f"STATE_STORE={state_store!r}: must be rocksdb:// (production) or memory:// (tests)")
+    replication_raw = env.get("TOPIC_REPLICATION_FACTOR", "auto")
+    replication = None if replication_raw == "auto" else _int("TOPIC_REPLICATION_FACTOR", replication_raw, 1, 10)
+    log_level = env.get("LOG_LEVEL", "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"LOG_LEVEL={log_level!r}: must be DEBUG, INFO, WARNING or ERROR")
+    session_timeout = parse_duration("KAFKA_SESSION_TIMEOUT", env.get("KAFKA_SESSION_TIMEOUT", "30s"))
+    heartbeat = parse_duration("KAFKA_HEARTBEAT_INTERVAL", env.get("KAFKA_HEARTBEAT_INTERVAL", "3s"))
+    if heartbeat * 3 > session_timeout:
+        raise SettingsError("KAFKA_HEARTBEAT_INTERVAL must be at most a third of KAFKA_SESSION_TIMEOUT")
+    return Settings(
+        bootstrap_servers=bootstrap,
+        app_id=env.get("APP_ID", "postback-router"),
+        topics=topics,
+        default_status=default_status,
+        max_conversion_bytes=_int("MAX_CONVERSION_BYTES", env.get("MAX_CONVERSION_BYTES", "65536"), 256, 16_777_216),
+        fired_state_retention_seconds=int(
+            parse_duration("FIRED_STATE_RETENTION", env.get("FIRED_STATE_RETENTION", "90d"))
+        ),
+        fired_state_sweep_interval_seconds=parse_duration(
+            "FIRED_STATE_SWEEP_INTERVAL", env.get("FIRED_STATE_SWEEP_INTERVAL", "1h")
+        ),
+        state_store=state_store,
+        state_dir=env.get("STATE_DIR", "var/state"),
+        auto_create_topics=_bool("AUTO_CREATE_TOPICS", env.get("AUTO_CREATE_TOPICS", "true")),
+        topic_partitions=_int("TOPIC_PARTITIONS", env.get("TOPIC_PARTITIONS", "8"), 1, 10_000),
+        topic_replication_factor=replication,
+        emit_evaluations=_bool("EMIT_EVALUATIONS", env.get("EMIT_EVALUATIONS", "false")),
+        batch_max_size=_int("BATCH_MAX_SIZE", env.get("BATCH_MAX_SIZE", "1000"), 1, 100_000),
+        batch_max_wait_seconds=parse_duration("BATCH_MAX_WAIT", env.get("BATCH_MAX_WAIT", "5ms")),
+        session_timeout_seconds=session_timeout,
+        heartbeat_interval_seconds=heartbeat,
+        log_level=log_level,
+    )

@@ -1,0 +1,91 @@
+"""Creating the service's topics, and reading how a topic is partitioned."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from postback_router.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# How long to wait for a cluster to answer at start-up before failing with a message that names the
+# setting; a cluster that is reachable answers metadata in well under a second.
+CONNECT_TIMEOUT_SECONDS = 30.0
+
+
+async def ensure_topics(settings: Settings) -> dict[str, int]:
+    """Create the missing topics (compacted where SPEC 3 says so); return each topic's partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15000)
+    try:
+        await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_SECONDS)
+    except (TimeoutError, Exception) as exc:
+        raise RuntimeError(
+            f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers!r}: {exc}"
+        ) from None
+    try:
+        existing = set(await admin.list_topics())
+        missing = [topic for topic in settings.topics.all() if topic not in existing]
+        if missing and settings.auto_create_topics:
+            replication = settings.topic_replication_factor or min(3, len(await _broker_ids(admin)) or 1)
+            new_topics = [
+                NewTopic(
+                    topic,
+                    num_partitions=settings.topic_partitions,
+                    replication_factor=replication,
+                    topic_configs={"cleanup.policy": "compact"} if topic in settings.topics.compacted else {},
+                )
+                for topic in missing
+            ]
+            try:
+                await admin.create_topics(new_topics)
+            except TopicAlreadyExistsError:
+                pass  # another process created them first
+            log.info("created topics", extra={"topics": missing})
+        elif missing:
+            raise RuntimeError(f"topics missing and AUTO_CREATE_TOPICS=false: {', '.join(missing)}")
+    finally:
+        await admin.close()
+    return await partition_counts(settings.bootstrap_servers, settings.topics.all())
+
+
+async def replication_factor(settings: Settings) -> int:
+    """TOPIC_REPLICATION_FACTOR, or min(3, the cluster's brokers) when it is `auto`."""
+    if settings.topic_replication_factor:
+        return settings.topic_replication_factor
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        return min(3, len(await _broker_ids(admin)) or 1)
+    finally:
+        await admin.close()
+
+
+async def _broker_ids(admin: AIOKafkaAdminClient) -> list[int]:
+    cluster = await admin.describe_cluster()
+    return [broker["node_id"] for broker in cluster.get("brokers", [])]
+
+
+async def partition_counts(bootstrap_servers: str, topics: tuple[str, ...] | list[str]) -> dict[str, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+    await consumer.start()
+    try:
+        counts: dict[str, int] = {}
+        deadline = asyncio.get_running_loop().time() + CONNECT_TIMEOUT_SECONDS
+        for topic in topics:
+            while True:
+                await consumer.topics()
+                partitions = consumer.partitions_for_topic(topic)
+                if partitions:
+                    counts[topic] = len(partitions)
+                    break
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError(f"topic {topic!r} has no partitions in the cluster's metadata")
+                await asyncio.sleep(0.1)
+        return counts
+    finally:
+        await consumer.stop()

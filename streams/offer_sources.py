@@ -1,0 +1,36 @@
+"""Offer sources: the default status of conversions that arrive without one (SPEC 2.2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+from streams.errors import FieldError, InvalidInput
+from streams.schema_checks import check_all
+
+MAX_OFFER_SOURCE_BYTES = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class OfferSource:
+    offer_source_id: str
+    default_status: str
+
+
+def parse_offer_source(key: bytes | None, value: bytes) -> OfferSource:
+    if len(value) > MAX_OFFER_SOURCE_BYTES:
+        raise InvalidInput("oversized", f"offer source is {len(value)} bytes; the limit is {MAX_OFFER_SOURCE_BYTES}")
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput("not_json", f"offer source is not JSON ({exc.msg})") from None
+    errors = check_all("offer-source", data) if isinstance(data, dict) else [
+        FieldError("(record)", "an offer source must be a JSON object")
+    ]
+    if not errors and key is not None and key != data["offer_source_id"].encode("utf-8"):
+        errors = [FieldError("offer_source_id", "must equal the record key")]
+    if errors:
+        summary = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        raise InvalidInput("invalid_rule", summary, field=errors[0].field, errors=errors)
+    return OfferSource(data["offer_source_id"], data["default_status"])

@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.kafka_helpers import Deployment
+
+
+@pytest.fixture
+async def deployment(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Deployment]:
+    """Fresh topics and consumer group; every worker started through it is stopped afterwards."""
+    deployed = Deployment(kafka_bootstrap, tmp_path)
+    await deployed.create_topics()
+    try:
+        yield deployed
+    finally:
+        deployed.stop_all()
+        for worker in deployed.workers:
+            print(f"---- {worker.log_path.name} (exit codes {worker.exits})\n{worker.log_text()[-4000:]}")

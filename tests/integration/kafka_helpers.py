@@ -1,0 +1,222 @@
+"""Talking to the broker from tests: produce records, read topics until a condition holds, run workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+# Generous: on a loaded 2-core CI machine a worker start (group join, table recovery) can take
+# several seconds; a test that waits this long has failed anyway.
+DEFAULT_DEADLINE_SECONDS = 60.0
+
+
+def as_bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return orjson.dumps(value)
+
+
+async def produce(bootstrap: str, topic: str, records: Iterable[tuple[Any, Any]]) -> None:
+    """Send (key, value) pairs and wait until the broker has acknowledged all of them."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    await producer.start()
+    try:
+        pending = [await producer.send(topic, key=as_bytes(k), value=as_bytes(v)) for k, v in records]
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+@dataclass
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+    def json(self) -> Any:
+        assert self.value is not None
+        return orjson.loads(self.value)
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[Record]:
+    """Everything in `topic` right now, from the beginning."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[Record] = []
+        async def behind() -> bool:
+            for tp in partitions:
+                if await consumer.position(tp) < ends[tp]:
+                    return True
+            return False
+
+        while await behind():
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp, messages in batches.items():
+                records.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value) for m in messages)
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        await consumer.stop()
+
+
+async def wait_for_records(
+    bootstrap: str,
+    topic: str,
+    condition: Callable[[list[Record]], bool],
+    deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    describe: str = "",
+    check_alive: Callable[[], None] = lambda: None,
+) -> list[Record]:
+    """Poll `topic` until `condition(records)` holds; fail with what was there at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_seconds
+    records = await read_topic(bootstrap, topic)
+    while not condition(records):
+        check_alive()
+        if loop.time() > deadline:
+            raise AssertionError(
+                f"{topic}: condition {describe!r} not met within {deadline_seconds}s; "
+                f"{len(records)} records: {[r.value for r in records][:20]}"
+            )
+        await asyncio.sleep(0.1)
+        records = await read_topic(bootstrap, topic)
+    return records
+
+
+def count_at_least(n: int) -> Callable[[list[Record]], bool]:
+    return lambda records: len(records) >= n
+
+
+@dataclass
+class WorkerProcess:
+    """`postback-router worker` as a real subprocess, as production runs it."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    exits: list[int] = field(default_factory=list)
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "postback_router.cli", "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        return self
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.exits.append(self.process.returncode)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.exits.append(self.process.returncode)
+
+    def check_alive(self) -> None:
+        """Fail now, with the log, if the worker died without being told to stop."""
+        if self.process is not None and self.process.poll() is not None and not self.exits:
+            raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Deployment:
+    """One isolated set of topics and one consumer group on the shared broker."""
+
+    bootstrap: str
+    tmp_path: Path
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}.")
+    extra_env: dict[str, str] = field(default_factory=dict)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    @property
+    def app_id(self) -> str:
+        return self.prefix.rstrip(".") + "-router"
+
+    def topic(self, name: str) -> str:
+        return self.prefix + name
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "TOPIC_PREFIX": self.prefix,
+            "APP_ID": self.app_id,
+            "STATE_STORE": "memory://",
+            "STATE_DIR": str(self.tmp_path / "state"),
+            "TOPIC_PARTITIONS": "4",
+            "EMIT_EVALUATIONS": "true",
+            # short, so that a killed worker's partitions move quickly (KAFKA-LOCAL.md)
+            "KAFKA_SESSION_TIMEOUT": "6s",
+            "KAFKA_HEARTBEAT_INTERVAL": "1s",
+            "LOG_LEVEL": "INFO",
+            **self.extra_env,
+        }
+
+    def start_worker(self) -> WorkerProcess:
+        worker = WorkerProcess(self.env(), self.tmp_path / f"worker-{len(self.workers)}.log").start()
+        self.workers.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and worker.process.poll() is None:
+                worker.terminate()
+
+    async def produce(self, name: str, records: Iterable[tuple[Any, Any]]) -> None:
+        await produce(self.bootstrap, self.topic(name), records)
+
+    async def read(self, name: str) -> list[Record]:
+        return await read_topic(self.bootstrap, self.topic(name))
+
+    async def wait_for(
+        self, name: str, condition: Callable[[list[Record]], bool], describe: str = "", deadline: float = DEFAULT_DEADLINE_SECONDS
+    ) -> list[Record]:
+        def check_alive() -> None:
+            for worker in self.workers:
+                worker.check_alive()
+
+        return await wait_for_records(self.bootstrap, self.topic(name), condition, deadline, describe, check_alive)
+
+    async def create_topics(self) -> None:
+        from postback_router.settings import load_settings
+        from postback_router.topics import ensure_topics
+
+        await ensure_topics(load_settings(self.env()))
