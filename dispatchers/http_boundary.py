@@ -28,8 +28,9 @@ TransportErrorKind = Literal["connect", "timeout", "refused_target", "other"]
 class HttpRequest:
     method: str
     url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes | None = None
+    # repr=False: headers carry bearer tokens and bodies personal data; a logged request shows neither
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    body: bytes | None = field(default=None, repr=False)
     timeout_seconds: float = 10.0
 
 
@@ -144,6 +145,10 @@ class AiohttpTransport:
     - Every address is checked by the SSRF guard at connect time (see `_GuardedResolver`) unless
       `allow_private_targets` is set; schemes other than http(s) are always refused.
     - No cookies are kept and no proxy settings are read from the environment: every request stands alone.
+    - aiohttp resends a GET once, at once, when the server drops the connection without answering (a
+      keep-alive connection closed under it, RFC 9112 9.3.1). The receiver may then see the postback
+      twice, exactly as it would after our own retry of a "connect" error, which has the same unknown
+      outcome; POSTs are never resent by aiohttp.
     """
 
     def __init__(
