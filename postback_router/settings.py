@@ -121,6 +121,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
             "or start a development broker with `postback-router broker`"
         )
     prefix = env.get("TOPIC_PREFIX", "")
+    if prefix and not _TOPIC_NAME.match(prefix):
+        raise SettingsError(f"TOPIC_PREFIX={prefix!r}: a topic prefix is made of A-Z a-z 0-9 . _ -")
     postbacks_prefix = env.get("TOPIC_POSTBACKS_PREFIX", "postbacks")
     topics = Topics(
         conversions=_topic(env, prefix, "TOPIC_CONVERSIONS", "conversions"),
@@ -146,18 +148,24 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
     heartbeat = parse_duration("KAFKA_HEARTBEAT_INTERVAL", env.get("KAFKA_HEARTBEAT_INTERVAL", "3s"))
     if heartbeat * 3 > session_timeout:
         raise SettingsError("KAFKA_HEARTBEAT_INTERVAL must be at most a third of KAFKA_SESSION_TIMEOUT")
+    # Fired-state younger than the retention is what makes a re-delivery fire nothing (SPEC 2.5);
+    # a retention under a second would forget every postback at once, a zero sweep interval spin.
+    retention_raw = env.get("FIRED_STATE_RETENTION", "90d")
+    retention = int(parse_duration("FIRED_STATE_RETENTION", retention_raw))
+    if retention < 1:
+        raise SettingsError(f"FIRED_STATE_RETENTION={retention_raw!r}: must be at least 1s")
+    sweep_raw = env.get("FIRED_STATE_SWEEP_INTERVAL", "1h")
+    sweep_interval = parse_duration("FIRED_STATE_SWEEP_INTERVAL", sweep_raw)
+    if sweep_interval <= 0:
+        raise SettingsError(f"FIRED_STATE_SWEEP_INTERVAL={sweep_raw!r}: must be more than 0")
     return Settings(
         bootstrap_servers=bootstrap,
         app_id=env.get("APP_ID", "postback-router"),
         topics=topics,
         default_status=default_status,
         max_conversion_bytes=_int("MAX_CONVERSION_BYTES", env.get("MAX_CONVERSION_BYTES", "65536"), 256, 16_777_216),
-        fired_state_retention_seconds=int(
-            parse_duration("FIRED_STATE_RETENTION", env.get("FIRED_STATE_RETENTION", "90d"))
-        ),
-        fired_state_sweep_interval_seconds=parse_duration(
-            "FIRED_STATE_SWEEP_INTERVAL", env.get("FIRED_STATE_SWEEP_INTERVAL", "1h")
-        ),
+        fired_state_retention_seconds=retention,
+        fired_state_sweep_interval_seconds=sweep_interval,
         state_store=state_store,
         state_dir=env.get("STATE_DIR", "var/state"),
         auto_create_topics=_bool("AUTO_CREATE_TOPICS", env.get("AUTO_CREATE_TOPICS", "true")),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer
@@ -41,10 +42,8 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
                 )
                 for topic in missing
             ]
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
                 await admin.create_topics(new_topics)
-            except TopicAlreadyExistsError:
-                pass  # another process created them first
             log.info("created topics", extra={"topics": missing})
         elif missing:
             raise RuntimeError(f"topics missing and AUTO_CREATE_TOPICS=false: {', '.join(missing)}")

@@ -115,10 +115,20 @@ def create_worker(settings: Settings, conversions_partitions: int, replication_f
     )
     views = ViewsService(rules, offer_sources)
 
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-    conversions_topic = app.topic(topics.conversions, partitions=conversions_partitions, **raw)
-    rules_topic = app.topic(topics.campaign_rules, **raw)
-    offer_sources_topic = app.topic(topics.offer_sources, **raw)
+    def raw_topic(name: str, partitions: int | None = None) -> Any:
+        # raw bytes in and out: decoding is the pure parsers' job, where errors become .invalid records
+        return app.topic(
+            name,
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    conversions_topic = raw_topic(topics.conversions, conversions_partitions)
+    rules_topic = raw_topic(topics.campaign_rules)
+    offer_sources_topic = raw_topic(topics.offer_sources)
     # bytes key and value types make Faust store them raw: the codec is fired_record.py
     fired_table = app.Table(
         "fired-state", partitions=conversions_partitions, default=None, key_type=bytes, value_type=bytes
@@ -180,9 +190,13 @@ def create_worker(settings: Settings, conversions_partitions: int, replication_f
             metrics.filtered.labels(reason).inc(count)
 
     @app.agent(conversions_topic, name="match-conversions")
-    async def match_conversions(stream: faust.StreamT[bytes]) -> None:
+    async def match_conversions(stream: Any) -> None:
         await views.wait_recovered()
-        log.info("rules and offer sources recovered; matching conversions")
+        log.info(
+            "rules and offer sources recovered (%d campaigns, %d offer sources); matching conversions",
+            len(rules),
+            len(offer_sources),
+        )
         async for events in stream.take_events(settings.batch_max_size, within=settings.batch_max_wait_seconds):
             await handle_batch(list(events))
 
@@ -201,16 +215,21 @@ def create_worker(settings: Settings, conversions_partitions: int, replication_f
             await sent
 
     @app.agent(rules_topic, name="check-campaign-rules")
-    async def check_campaign_rules(stream: faust.StreamT[bytes]) -> None:
+    async def check_campaign_rules(stream: Any) -> None:
         async for event in stream.events():
             await check_compacted_record(event, parse_campaign_rules, topics.campaign_rules)
 
     @app.agent(offer_sources_topic, name="check-offer-sources")
-    async def check_offer_sources(stream: faust.StreamT[bytes]) -> None:
+    async def check_offer_sources(stream: Any) -> None:
         async for event in stream.events():
             await check_compacted_record(event, parse_offer_source, topics.offer_sources)
 
-    @app.timer(interval=settings.fired_state_sweep_interval_seconds)
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode's signal types miss async receivers
+    async def log_assignment(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        mine = sorted(tp.partition for tp in assigned if tp.topic == topics.conversions)
+        log.info("assigned conversions partitions %s", mine)
+
+    @app.timer(interval=settings.fired_state_sweep_interval_seconds)  # type: ignore[untyped-decorator]
     async def sweep_fired_state() -> None:
         active = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topics.conversions}
         await fired_state.sweep_expired(settings.fired_state_retention_seconds, active)

@@ -110,15 +110,21 @@ class ConversionBatchProcessor:
                 self._reject(result, record, error, stamp)
                 continue
             mark = len(result.messages)
+            # An earlier record of this batch may have fired for the same conversion: its messages
+            # stay, so its fired-state update must stay too.
+            fired_before = result.fired_updates.get(conversion.conversion_id)
             try:
                 self._match(result, record, conversion, int(now.timestamp()), stamp)
             except Exception:
                 # A bug must neither stop the stream nor lose the record: it is kept for replay.
                 log.exception("matching failed", extra={"source": record.position()})
                 del result.messages[mark:]
-                result.fired_updates.pop(conversion.conversion_id, None)
-                error = InvalidInput("processing_error", "the worker failed to match this conversion; see its log")
-                self._reject(result, record, error, stamp)
+                if fired_before is None:
+                    result.fired_updates.pop(conversion.conversion_id, None)
+                else:
+                    result.fired_updates[conversion.conversion_id] = fired_before
+                failure = InvalidInput("processing_error", "the worker failed to match this conversion; see its log")
+                self._reject(result, record, failure, stamp)
         return result
 
     def _reject(self, result: BatchResult, record: SourceRecord, error: InvalidInput, stamp: str) -> None:
@@ -142,9 +148,7 @@ class ConversionBatchProcessor:
 
     def _match(self, result: BatchResult, record: SourceRecord, conversion: Conversion, now: int, stamp: str) -> None:
         config = self._config
-        offer_default = (
-            self._default_status_for(conversion.offer_source_id) if conversion.offer_source_id else None
-        )
+        offer_default = self._default_status_for(conversion.offer_source_id) if conversion.offer_source_id else None
         status, status_source = effective_status(conversion.status, offer_default, config.default_status)
         rules = self._rules_for(conversion.campaign_id)
         source = record.position()
@@ -187,5 +191,7 @@ class ConversionBatchProcessor:
                 conversion, status, status_source, decisions, config.postback_topics, fired_messages, source, stamp
             )
             result.messages.append(
-                OutgoingMessage(config.evaluations_topic, conversion.conversion_id.encode("utf-8"), orjson.dumps(evaluation))
+                OutgoingMessage(
+                    config.evaluations_topic, conversion.conversion_id.encode("utf-8"), orjson.dumps(evaluation)
+                )
             )

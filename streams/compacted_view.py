@@ -10,6 +10,7 @@ that owns the partition writes the `.invalid` record (streams/app.py), so it is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -89,10 +90,8 @@ class CompactedTopicView(Generic[T]):
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self._consumer is not None:
             await self._consumer.stop()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 HUNDRED = Decimal(100)
+# Wide enough for every exact result the service computes: a payout has at most 30 significant
+# digits (18 + 12, schemas/), a payout_percent as many, so payout × percent needs at most 60. The
+# default context (28 digits) would round such a payout before it is sent.
+_EXACT = Context(prec=100)
 
 
 def parse_decimal(value: object) -> Decimal:
@@ -39,7 +43,7 @@ def parse_decimal(value: object) -> Decimal:
 
 def format_decimal(value: Decimal) -> str:
     """Plain notation without an exponent or trailing zeros: 5.0000 -> "5", 1E+1 -> "10"."""
-    normalized = value.normalize()
+    normalized = value.normalize(_EXACT)
     if normalized == 0:
         return "0"
     return format(normalized, "f")
@@ -49,4 +53,4 @@ def apply_percent(payout: Decimal, percent: Decimal) -> Decimal:
     """payout × percent / 100, exact (Binom's "Payout %": $10 at 50 % is sent as $5)."""
     if percent == HUNDRED:
         return payout
-    return payout * percent / HUNDRED
+    return _EXACT.divide(_EXACT.multiply(payout, percent), HUNDRED)

@@ -2,14 +2,16 @@
 
 The original value is kept so that it can be fixed and replayed, with one exception: the known
 personal fields of a JSON value (user.email, user.phone, user.external_id, user.ip) are replaced
-by `sha256:<hex>` of their normalised form, because raw personal data must not reach a topic. A
-value that is not JSON cannot be searched for fields; email addresses in its text are masked.
+by `sha256:<hex>` of their normalised form, because raw personal data must not reach a topic; a
+`user` that is not an object is replaced whole. A value that is not a JSON object cannot be searched
+for fields; email addresses in its text are masked.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -19,11 +21,11 @@ from streams.pii import normalize_email, normalize_external_id, normalize_phone_
 
 SCHEMA_VERSION = 1
 _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_PERSONAL_USER_FIELDS = {
+_PERSONAL_USER_FIELDS: dict[str, Callable[[str], str | None]] = {
     "email": normalize_email,
     "phone": normalize_phone_e164,
     "external_id": normalize_external_id,
-    "ip": lambda value: value.strip(),
+    "ip": str.strip,
 }
 
 
@@ -42,9 +44,15 @@ def redact_personal_data(value: bytes) -> tuple[str | None, str, list[str]]:
     try:
         data = orjson.loads(value)
     except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        # not JSON, or JSON without fields (a bare string may well be an email address)
         masked, count = _EMAIL_IN_TEXT.subn("[email redacted]", text)
         return masked, encoding, (["text:email"] if count else [])
-    user = data.get("user") if isinstance(data, dict) else None
+    user = data.get("user")
+    if user is not None and not isinstance(user, dict):
+        data["user"] = "[redacted]"
+        return orjson.dumps(data).decode("utf-8"), encoding, ["user"]
     if not isinstance(user, dict):
         return text, encoding, []
     redacted: list[str] = []

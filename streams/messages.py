@@ -83,9 +83,7 @@ def matched_postback(
         "source": source,
     }
     if entry.url_template is not None:
-        values = s2s_macro_values(
-            conversion, status, payout_text, dict(entry.status_names), dict(entry.type_names)
-        )
+        values = s2s_macro_values(conversion, status, payout_text, dict(entry.status_names), dict(entry.type_names))
         message["url"] = render_postback_url(entry.url_template, values)
         message["method"] = entry.method
     return message
@@ -124,10 +122,7 @@ def evaluation_record(
         if url is not None:
             record["url"] = url
         fired.append(record)
-    if decisions is None:
-        outcome = "no_rules"
-    else:
-        outcome = "fired" if fired else "nothing_fired"
+    outcome = "no_rules" if decisions is None else "fired" if fired else "nothing_fired"
     return {
         "schema_version": SCHEMA_VERSION,
         "conversion_id": conversion.conversion_id,
@@ -142,5 +137,3 @@ def evaluation_record(
         "evaluated_at": evaluated_at,
         "source": source,
     }
-
-

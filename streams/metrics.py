@@ -8,7 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.conversions_consumed = Counter(
-            "postback_conversions_consumed_total", "Conversion records read from the conversions topic.", registry=registry
+            "postback_conversions_consumed_total",
+            "Conversion records read from the conversions topic.",
+            registry=registry,
         )
         self.conversions_invalid = Counter(
             "postback_conversions_invalid_total",
@@ -17,11 +19,15 @@ class WorkerMetrics:
             registry=registry,
         )
         self.matched = Counter(
-            "postback_matched_total", "Postbacks that fired and were written, by destination kind.", ["kind"], registry=registry
+            "postback_matched_total",
+            "Postbacks that fired and were written, by destination kind.",
+            ["kind"],
+            registry=registry,
         )
         self.filtered = Counter(
             "postback_filtered_total",
-            "Entries that did not fire (disabled, type, status, payout, duplicate), and conversions without rules (no_rules).",
+            "Entries that did not fire (disabled, type, status, payout, duplicate), "
+            "and conversions without rules (no_rules).",
             ["reason"],
             registry=registry,
         )
@@ -34,9 +40,7 @@ class WorkerMetrics:
         self.rules_campaigns = Gauge(
             "postback_rules_campaigns", "Campaigns with rules in this worker's view.", registry=registry
         )
-        self.offer_sources = Gauge(
-            "postback_offer_sources", "Offer sources in this worker's view.", registry=registry
-        )
+        self.offer_sources = Gauge("postback_offer_sources", "Offer sources in this worker's view.", registry=registry)
         self.batch_seconds = Histogram(
             "postback_match_batch_seconds",
             "Time to match one batch of conversions and have its messages acknowledged.",

@@ -25,9 +25,11 @@ def parse_offer_source(key: bytes | None, value: bytes) -> OfferSource:
         data = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput("not_json", f"offer source is not JSON ({exc.msg})") from None
-    errors = check_all("offer-source", data) if isinstance(data, dict) else [
-        FieldError("(record)", "an offer source must be a JSON object")
-    ]
+    errors = (
+        check_all("offer-source", data)
+        if isinstance(data, dict)
+        else [FieldError("(record)", "an offer source must be a JSON object")]
+    )
     if not errors and key is not None and key != data["offer_source_id"].encode("utf-8"):
         errors = [FieldError("offer_source_id", "must equal the record key")]
     if errors:

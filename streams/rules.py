@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from streams.decimals import HUNDRED, parse_decimal
-from streams.errors import FieldError, InvalidInput
+from streams.errors import FieldError, InvalidInput, InvalidReason
 from streams.schema_checks import check_all
 from streams.url_template import TemplateError, UrlTemplate, compile_url_template
 
@@ -71,7 +71,7 @@ def parse_campaign_rules(key: bytes | None, value: bytes) -> CampaignRules:
     try:
         data = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        reason = "not_utf8" if "utf-8" in exc.msg.lower() else "not_json"
+        reason: InvalidReason = "not_utf8" if "utf-8" in exc.msg.lower() else "not_json"
         raise InvalidInput(reason, f"rules are not JSON ({exc.msg})") from None
     errors = validate_campaign_rules(data)
     if not errors and key is not None and key != data["campaign_id"].encode("utf-8"):
@@ -173,7 +173,7 @@ def destination_id(entry: Mapping[str, Any], template: UrlTemplate | None) -> st
         assert template is not None
         return f"s2s:{template.host}"
     if kind == "google_ads":
-        return "google_ads:" + entry["customer_id"].replace("-", "")
+        return "google_ads:" + str(entry["customer_id"]).replace("-", "")
     if kind == "meta":
         return f"meta:{entry['pixel_id']}"
     if kind == "tiktok":

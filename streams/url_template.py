@@ -32,8 +32,9 @@ SUBS_PREFIX = "subs."
 _SUBS_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _MACRO = re.compile(r"\{([^{}]*)\}")
 # Control characters and whitespace have no place in a URL; rejecting them at publish time is what
-# makes CR/LF injection into the request line impossible.
-_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+# makes CR/LF injection into the request line impossible. `\s` adds Unicode whitespace and line
+# separators (U+00A0, U+2028, ...), the range the C1 controls (U+0085 NEL among them).
+_FORBIDDEN = re.compile(r"[\x00-\x20\x7f-\x9f]|\s")
 
 
 class TemplateError(ValueError):

@@ -13,72 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from postback_router.kafka_io import Record, produce, read_topic
 
 # Generous: on a loaded 2-core CI machine a worker start (group join, table recovery) can take
 # several seconds; a test that waits this long has failed anyway.
 DEFAULT_DEADLINE_SECONDS = 60.0
-
-
-def as_bytes(value: Any) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return orjson.dumps(value)
-
-
-async def produce(bootstrap: str, topic: str, records: Iterable[tuple[Any, Any]]) -> None:
-    """Send (key, value) pairs and wait until the broker has acknowledged all of them."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
-    await producer.start()
-    try:
-        pending = [await producer.send(topic, key=as_bytes(k), value=as_bytes(v)) for k, v in records]
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-
-
-@dataclass
-class Record:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-    def json(self) -> Any:
-        assert self.value is not None
-        return orjson.loads(self.value)
-
-
-async def read_topic(bootstrap: str, topic: str) -> list[Record]:
-    """Everything in `topic` right now, from the beginning."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        records: list[Record] = []
-        async def behind() -> bool:
-            for tp in partitions:
-                if await consumer.position(tp) < ends[tp]:
-                    return True
-            return False
-
-        while await behind():
-            batches = await consumer.getmany(timeout_ms=200)
-            for tp, messages in batches.items():
-                records.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value) for m in messages)
-        return sorted(records, key=lambda r: (r.partition, r.offset))
-    finally:
-        await consumer.stop()
 
 
 async def wait_for_records(
@@ -207,7 +146,11 @@ class Deployment:
         return await read_topic(self.bootstrap, self.topic(name))
 
     async def wait_for(
-        self, name: str, condition: Callable[[list[Record]], bool], describe: str = "", deadline: float = DEFAULT_DEADLINE_SECONDS
+        self,
+        name: str,
+        condition: Callable[[list[Record]], bool],
+        describe: str = "",
+        deadline: float = DEFAULT_DEADLINE_SECONDS,
     ) -> list[Record]:
         def check_alive() -> None:
             for worker in self.workers:
