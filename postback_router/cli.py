@@ -77,26 +77,19 @@ def topics() -> None:
 @main.command()
 def worker() -> None:
     """Run the stream processor: match conversions with campaign rules, emit postbacks."""
-    import faust
-
-    from postback_router.topics import ensure_topics, replication_factor
-    from streams.app import create_worker
+    from postback_router.topics import ensure_topics
+    from streams.worker import run_worker
 
     settings = _settings()
+    logging.basicConfig(
+        level=settings.log_level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+    )
+    logging.getLogger("aiokafka").setLevel(settings.kafka_log_level)
     try:
-        counts = asyncio.run(ensure_topics(settings))
-        replication = asyncio.run(replication_factor(settings))
+        asyncio.run(ensure_topics(settings))
     except RuntimeError as exc:
         _fail(str(exc))
-    built = create_worker(settings, counts[settings.topics.conversions], replication)
-    faust_worker = faust.Worker(
-        built.app,
-        *built.services,
-        loglevel=settings.log_level,
-        quiet=True,
-    )
-    logging.getLogger("faust").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
-    faust_worker.execute_from_commandline()
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

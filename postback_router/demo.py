@@ -31,6 +31,7 @@ from postback_router.topics import ensure_topics
 # The demo must finish on its own: a worker that has not produced every evaluation by then is stuck,
 # and the demo says so instead of waiting forever.
 DEADLINE_SECONDS = 90.0
+BURST_SIZE = 20_000
 WIDTH = 100
 
 
@@ -160,6 +161,7 @@ async def publish_and_report(bootstrap: str, topics: Any, worker: subprocess.Pop
             postbacks[message["postback_id"]] = message
             per_topic[topic] += 1
     report(evaluations, rejected, postbacks)
+    await measure_throughput(bootstrap, topics, worker, log_path)
     heading("Summary")
     for topic, count in sorted(per_topic.items()):
         say(f"{topic:<40} {count} postbacks")
@@ -169,6 +171,45 @@ async def publish_and_report(bootstrap: str, topics: Any, worker: subprocess.Pop
     say(
         "no raw email reached a postback topic: "
         + str(not any("@players.example" in str(p) for p in postbacks.values()))
+    )
+
+
+async def measure_throughput(bootstrap: str, topics: Any, worker: subprocess.Popen[bytes], log_path: str) -> None:
+    heading(f"Throughput: a burst of {BURST_SIZE:,} conversions")
+    campaigns = [c["campaign_id"] for c in CAMPAIGNS]
+    burst = [
+        (
+            f"burst-{i}",
+            {
+                "conversion_id": f"burst-{i}",
+                "click_id": f"rt-burst-{i}",
+                "campaign_id": campaigns[i % len(campaigns)],
+                "type": "deposit" if i % 2 else "lead",
+                "status": "approved" if i % 3 else "pending",
+                "payout": f"{i % 50}.{i % 100:02d}",
+                "occurred_at": "2026-11-22T10:00:00Z",
+                "click_ids": {"external_id": f"src-burst-{i}"},
+            },
+        )
+        for i in range(BURST_SIZE)
+    ]
+    before = len(await read_topic(bootstrap, topics.evaluations))
+    started = time.monotonic()
+    await produce(bootstrap, topics.conversions, burst)
+    say(f"sent in {time.monotonic() - started:.1f}s; the worker matches while they arrive")
+    deadline = started + DEADLINE_SECONDS
+    done = 0
+    while done < BURST_SIZE:
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the burst was not matched in time ({done:,}/{BURST_SIZE:,}); worker log: {log_path}")
+        await asyncio.sleep(0.5)
+        done = len(await read_topic(bootstrap, topics.evaluations)) - before
+        say(f"  {done:>7,} / {BURST_SIZE:,} evaluated ({time.monotonic() - started:5.1f}s)")
+    elapsed = time.monotonic() - started
+    fired = sum([len(await read_topic(bootstrap, t)) for t in topics.postbacks.values()])
+    say(
+        f"{BURST_SIZE:,} conversions matched in {elapsed:.1f}s = {BURST_SIZE / elapsed:,.0f} conversions/s "
+        f"(one worker, evaluation records on, produce time included); {fired:,} postbacks on the topics in all"
     )
 
 

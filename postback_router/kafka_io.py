@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,30 +44,58 @@ class Record:
         return orjson.loads(self.value)
 
 
-async def read_topic(bootstrap: str, topic: str) -> list[Record]:
-    """Everything in `topic` right now, from the beginning, ordered by partition and offset."""
+async def read_partitions(
+    bootstrap: str, partitions: list[TopicPartition], start: dict[TopicPartition, int] | None = None
+) -> AsyncIterator[list[Record]]:
+    """Every record of `partitions` from `start` (default: the beginning) up to their current end, in batches.
+
+    The end offsets alone are not enough: Tansu, the development broker, answers ListOffsets with
+    the last batch's base offset + 1, short of its last record. The high watermark in fetch
+    responses is right, so the read ends only once every partition is past both.
+    """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        if not partitions:
-            return []
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        for tp, offset in (start or {}).items():
+            consumer.seek(tp, offset)
         ends = await consumer.end_offsets(partitions)
 
-        async def behind() -> bool:
+        async def caught_up() -> bool:
             for tp in partitions:
-                if await consumer.position(tp) < ends[tp]:
-                    return True
-            return False
+                highwater = consumer.highwater(tp)
+                position = await consumer.position(tp)
+                if highwater is None or position < max(ends[tp], highwater):
+                    return False
+            return True
 
-        records: list[Record] = []
-        while await behind():
-            batches = await consumer.getmany(timeout_ms=200)
+        while True:
+            batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
             for tp, messages in batches.items():
-                records.extend(Record(tp.topic, tp.partition, m.offset, m.key, m.value) for m in messages)
-        return sorted(records, key=lambda r: (r.partition, r.offset))
+                yield [Record(tp.topic, tp.partition, m.offset, m.key, m.value) for m in messages]
+            if not batches and await caught_up():
+                return
     finally:
         await consumer.stop()
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str) -> list[Record]:
+    """Everything in `topic` right now, from the beginning, ordered by partition and offset."""
+    partitions = await partitions_of(bootstrap, topic)
+    if not partitions:
+        return []
+    records: list[Record] = []
+    async for batch in read_partitions(bootstrap, partitions):
+        records.extend(batch)
+    return sorted(records, key=lambda r: (r.partition, r.offset))

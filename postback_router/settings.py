@@ -58,6 +58,7 @@ class Topics:
     results: str
     dead_letter: str
     evaluations: str
+    prefix: str = ""
 
     def invalid(self, topic: str) -> str:
         return topic + ".invalid"
@@ -97,11 +98,16 @@ class Settings:
     topic_replication_factor: int | None = None  # None: min(3, brokers in the cluster)
     emit_evaluations: bool = False
     batch_max_size: int = 1000
-    batch_max_wait_seconds: float = 0.005
     session_timeout_seconds: float = 30.0
     heartbeat_interval_seconds: float = 3.0
     log_level: str = "INFO"
+    kafka_log_level: str = "WARNING"
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def fired_state_changelog(self) -> str:
+        """The compacted changelog of the fired-state: one partition per conversions partition."""
+        return f"{self.topics.prefix}{self.app_id}-fired-state-changelog"
 
 
 def _topic(env: Mapping[str, str], prefix: str, name: str, default: str) -> str:
@@ -132,6 +138,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         results=_topic(env, prefix, "TOPIC_RESULTS", f"{postbacks_prefix}.results"),
         dead_letter=_topic(env, prefix, "TOPIC_DEAD_LETTER", f"{postbacks_prefix}.dead-letter"),
         evaluations=_topic(env, prefix, "TOPIC_EVALUATIONS", "conversions.evaluated"),
+        prefix=prefix,
     )
     default_status = env.get("DEFAULT_STATUS", "approved")
     if default_status not in STATUSES:
@@ -144,6 +151,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
     log_level = env.get("LOG_LEVEL", "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise SettingsError(f"LOG_LEVEL={log_level!r}: must be DEBUG, INFO, WARNING or ERROR")
+    kafka_log_level = env.get("KAFKA_LOG_LEVEL", "WARNING").upper()
+    if kafka_log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"KAFKA_LOG_LEVEL={kafka_log_level!r}: must be DEBUG, INFO, WARNING or ERROR")
     session_timeout = parse_duration("KAFKA_SESSION_TIMEOUT", env.get("KAFKA_SESSION_TIMEOUT", "30s"))
     heartbeat = parse_duration("KAFKA_HEARTBEAT_INTERVAL", env.get("KAFKA_HEARTBEAT_INTERVAL", "3s"))
     if heartbeat * 3 > session_timeout:
@@ -173,8 +183,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         topic_replication_factor=replication,
         emit_evaluations=_bool("EMIT_EVALUATIONS", env.get("EMIT_EVALUATIONS", "false")),
         batch_max_size=_int("BATCH_MAX_SIZE", env.get("BATCH_MAX_SIZE", "1000"), 1, 100_000),
-        batch_max_wait_seconds=parse_duration("BATCH_MAX_WAIT", env.get("BATCH_MAX_WAIT", "5ms")),
         session_timeout_seconds=session_timeout,
         heartbeat_interval_seconds=heartbeat,
         log_level=log_level,
+        kafka_log_level=kafka_log_level,
     )

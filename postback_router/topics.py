@@ -20,36 +20,64 @@ CONNECT_TIMEOUT_SECONDS = 30.0
 
 
 async def ensure_topics(settings: Settings) -> dict[str, int]:
-    """Create the missing topics (compacted where SPEC 3 says so); return each topic's partition count."""
+    """Create the missing topics (compacted where the contract says so); return each topic's partitions.
+
+    The fired-state changelog gets as many partitions as `conversions`: partition p of the changelog
+    holds the state of the conversions on partition p.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15000)
     try:
         await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_SECONDS)
-    except (TimeoutError, Exception) as exc:
+    except Exception as exc:
         raise RuntimeError(
             f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers!r}: {exc}"
         ) from None
     try:
-        existing = set(await admin.list_topics())
-        missing = [topic for topic in settings.topics.all() if topic not in existing]
-        if missing and settings.auto_create_topics:
-            replication = settings.topic_replication_factor or min(3, len(await _broker_ids(admin)) or 1)
-            new_topics = [
-                NewTopic(
-                    topic,
-                    num_partitions=settings.topic_partitions,
-                    replication_factor=replication,
-                    topic_configs={"cleanup.policy": "compact"} if topic in settings.topics.compacted else {},
-                )
-                for topic in missing
-            ]
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
-                await admin.create_topics(new_topics)
-            log.info("created topics", extra={"topics": missing})
-        elif missing:
-            raise RuntimeError(f"topics missing and AUTO_CREATE_TOPICS=false: {', '.join(missing)}")
+        replication = settings.topic_replication_factor or min(3, len(await _broker_ids(admin)) or 1)
+        compacted = set(settings.topics.compacted)
+        await _create_missing(admin, settings, list(settings.topics.all()), settings.topic_partitions, replication)
+        counts = await partition_counts(settings.bootstrap_servers, settings.topics.all())
+        conversions = counts[settings.topics.conversions]
+        changelog = settings.fired_state_changelog
+        compacted.add(changelog)
+        await _create_missing(admin, settings, [changelog], conversions, replication, compact=True)
+        counts.update(await partition_counts(settings.bootstrap_servers, [changelog]))
     finally:
         await admin.close()
-    return await partition_counts(settings.bootstrap_servers, settings.topics.all())
+    if counts[changelog] != conversions:
+        raise RuntimeError(
+            f"{changelog} has {counts[changelog]} partitions but {settings.topics.conversions} has {conversions}: "
+            "they must match (the fired-state of conversions partition p lives in changelog partition p)"
+        )
+    return counts
+
+
+async def _create_missing(
+    admin: AIOKafkaAdminClient,
+    settings: Settings,
+    topics: list[str],
+    partitions: int,
+    replication: int,
+    compact: bool = False,
+) -> None:
+    existing = set(await admin.list_topics())
+    missing = [topic for topic in topics if topic not in existing]
+    if not missing:
+        return
+    if not settings.auto_create_topics:
+        raise RuntimeError(f"topics missing and AUTO_CREATE_TOPICS=false: {', '.join(missing)}")
+    new_topics = [
+        NewTopic(
+            topic,
+            num_partitions=partitions,
+            replication_factor=replication,
+            topic_configs={"cleanup.policy": "compact"} if compact or topic in settings.topics.compacted else {},
+        )
+        for topic in missing
+    ]
+    with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
+        await admin.create_topics(new_topics)
+    log.info("created topics %s", ", ".join(missing))
 
 
 async def replication_factor(settings: Settings) -> int:

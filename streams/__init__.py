@@ -1,6 +1,6 @@
 """The stream processor: conversions joined with campaign rules, matched postbacks out.
 
-Pure modules (no Kafka, no Faust): conversion, rules, offer_sources, matching, url_template, pii,
-postback_ids, decimals, messages, invalid_records, batch. I/O shells: compacted_view, fired_state,
-app.
+Pure modules (no I/O): conversion, rules, offer_sources, matching, url_template, pii, postback_ids,
+decimals, messages, invalid_records, batch, fired_record. I/O shells: compacted_view (the rules and
+offer-source views), fired_store (fired-state and its changelog), worker (the consumer-group loop).
 """

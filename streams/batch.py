@@ -1,6 +1,6 @@
 """The matcher as a batch function: raw `conversions` records in, messages and state updates out.
 
-No Kafka and no Faust here: the worker's agent (streams/app.py) hands over a batch, produces the
+No Kafka here: the worker (streams/worker.py) hands over a batch, produces the
 returned messages, awaits their acks once for the whole batch, and only then writes the returned
 fired-state, so a crash can repeat a postback (same postback_id, deduped by the dispatchers) but
 never lose one.
@@ -46,7 +46,7 @@ class SourceRecord:
 class OutgoingMessage:
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ Every worker reads every partition, so a conversion on any partition finds its c
 like Kafka Streams' GlobalKTable. The topic is its own changelog: no extra topic, and none of the
 recovery loops Faust's GlobalTable shows with several workers. A record that fails to parse is
 skipped and the key keeps its previous valid value; a null value deletes the key. The group member
-that owns the partition writes the `.invalid` record (streams/app.py), so it is written once.
+that owns the partition writes the `.invalid` record (streams/worker.py), so it is written once.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ class CompactedTopicView(Generic[T]):
         self._values: dict[str, T] = {}
         self._positions: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
+        # A second client for end-offset queries: on the reading consumer's connection they would
+        # wait behind its long-poll fetch (up to fetch_max_wait_ms, 500 ms) before every batch.
+        self._offsets_client: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._recovered = asyncio.Event()
         self._advanced = asyncio.Condition()
@@ -68,6 +71,8 @@ class CompactedTopicView(Generic[T]):
         )
         await consumer.start()
         self._consumer = consumer
+        self._offsets_client = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None)
+        await self._offsets_client.start()
         partitions = await self._partitions(consumer)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -93,9 +98,10 @@ class CompactedTopicView(Generic[T]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        for client in (self._consumer, self._offsets_client):
+            if client is not None:
+                await client.stop()
+        self._consumer = self._offsets_client = None
 
     async def wait_recovered(self) -> None:
         """Return once every record that was in the topic at start-up has been applied (SPEC 2.8)."""
@@ -114,10 +120,10 @@ class CompactedTopicView(Generic[T]):
         Called before each batch of conversions: a rule published (and acknowledged) before a
         conversion was produced applies to that conversion.
         """
-        consumer = self._consumer
-        if consumer is None:
+        client = self._offsets_client
+        if client is None:
             raise RuntimeError(f"view of {self.topic!r} was not started")
-        targets = await consumer.end_offsets(list(self._positions))
+        targets = await client.end_offsets(list(self._positions))
         async with self._advanced:
             await self._advanced.wait_for(lambda: self._reached(targets))
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from streams.errors import FieldError, InvalidInput
+from streams.errors import FieldError, InvalidInput, InvalidReason
 from streams.schema_checks import check_all
 
 MAX_OFFER_SOURCE_BYTES = 65_536
@@ -24,7 +24,8 @@ def parse_offer_source(key: bytes | None, value: bytes) -> OfferSource:
     try:
         data = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput("not_json", f"offer source is not JSON ({exc.msg})") from None
+        reason: InvalidReason = "not_utf8" if "utf-8" in exc.msg.lower() else "not_json"
+        raise InvalidInput(reason, f"offer source is not JSON ({exc.msg})") from None
     errors = (
         check_all("offer-source", data)
         if isinstance(data, dict)

@@ -97,19 +97,49 @@ def test_effective_status(
     ("conversion_fields", "service_default", "expected_status", "expected_source"),
     [
         pytest.param(
-            {"status": "declined", "offer_source_id": "os-pending"}, "approved", "declined", "event", id="event"
+            {"status": "declined", "offer_source_id": "os-pending"},
+            "approved",
+            "declined",
+            "event",
+            id="event-status-wins",
         ),
-        pytest.param({"status": ..., "offer_source_id": "os-pending"}, "approved", "pending", "offer_source", id="os"),
         pytest.param(
-            {"status": None, "offer_source_id": "os-pending"}, "approved", "pending", "offer_source", id="null"
+            {"status": ..., "offer_source_id": "os-pending"},
+            "approved",
+            "pending",
+            "offer_source",
+            id="absent-status-offer-source-default",
         ),
         pytest.param(
-            {"status": ..., "offer_source_id": "os-unknown"}, "approved", "approved", "default", id="unknown-os"
+            {"status": None, "offer_source_id": "os-pending"},
+            "approved",
+            "pending",
+            "offer_source",
+            id="null-status-offer-source-default",
         ),
-        pytest.param({"status": ..., "offer_source_id": ...}, "approved", "approved", "default", id="no-offer-source"),
-        pytest.param({"status": ..., "offer_source_id": None}, "other", "other", "default", id="configured-default"),
         pytest.param(
-            {"status": ..., "offer_source_id": "os-unknown"}, "declined", "declined", "default", id="cfg-unk-os"
+            {"status": ..., "offer_source_id": "os-unknown"},
+            "approved",
+            "approved",
+            "default",
+            id="unknown-offer-source-service-default",
+        ),
+        pytest.param(
+            {"status": ..., "offer_source_id": ...},
+            "approved",
+            "approved",
+            "default",
+            id="no-offer-source-service-default",
+        ),
+        pytest.param(
+            {"status": ..., "offer_source_id": None}, "other", "other", "default", id="configured-service-default"
+        ),
+        pytest.param(
+            {"status": ..., "offer_source_id": "os-unknown"},
+            "declined",
+            "declined",
+            "default",
+            id="unknown-offer-source-configured-default",
         ),
     ],
 )
@@ -189,22 +219,75 @@ def test_entry_without_enabled_conditional_fires_for_every_conversion(
         pytest.param({"min_payout": "0"}, "deposit", "approved", "0", "fired", id="payout-zero-min-zero"),
         pytest.param({"min_payout": "0.01"}, "deposit", "approved", "0", "payout", id="payout-zero-below"),
         # combined: all must hold; the first failing one is named (types, statuses, min_payout)
-        pytest.param({"types": ["deposit"], "statuses": ["approved"]}, "deposit", "approved", "1", "fired", id="t+s"),
-        pytest.param({"types": ["deposit"], "statuses": ["approved"]}, "deposit", "pending", "1", "status", id="t+s!"),
-        pytest.param({"types": ["deposit"], "statuses": ["approved"]}, "lead", "approved", "1", "type", id="t!+s"),
-        pytest.param({"types": ["deposit"], "statuses": ["approved"]}, "lead", "pending", "1", "type", id="t!+s!"),
-        pytest.param({"types": ["deposit"], "min_payout": "5"}, "deposit", "pending", "5", "fired", id="t+p"),
-        pytest.param({"types": ["deposit"], "min_payout": "5"}, "deposit", "pending", "4.99", "payout", id="t+p!"),
-        pytest.param({"statuses": ["approved"], "min_payout": "5"}, "lead", "approved", "7", "fired", id="s+p"),
-        pytest.param({"statuses": ["approved"], "min_payout": "5"}, "lead", "declined", "7", "status", id="s!+p"),
-        pytest.param({"statuses": ["approved"], "min_payout": "5"}, "lead", "approved", "1", "payout", id="s+p!"),
+        pytest.param(
+            {"types": ["deposit"], "statuses": ["approved"]},
+            "deposit",
+            "approved",
+            "1",
+            "fired",
+            id="types-and-statuses-hold",
+        ),
+        pytest.param(
+            {"types": ["deposit"], "statuses": ["approved"]},
+            "deposit",
+            "pending",
+            "1",
+            "status",
+            id="type-holds-status-fails",
+        ),
+        pytest.param(
+            {"types": ["deposit"], "statuses": ["approved"]},
+            "lead",
+            "approved",
+            "1",
+            "type",
+            id="type-fails-status-holds",
+        ),
+        pytest.param(
+            {"types": ["deposit"], "statuses": ["approved"]},
+            "lead",
+            "pending",
+            "1",
+            "type",
+            id="both-fail-type-named-first",
+        ),
+        pytest.param(
+            {"types": ["deposit"], "min_payout": "5"}, "deposit", "pending", "5", "fired", id="type-and-payout-hold"
+        ),
+        pytest.param(
+            {"types": ["deposit"], "min_payout": "5"},
+            "deposit",
+            "pending",
+            "4.99",
+            "payout",
+            id="type-holds-payout-fails",
+        ),
+        pytest.param(
+            {"statuses": ["approved"], "min_payout": "5"}, "lead", "approved", "7", "fired", id="status-and-payout-hold"
+        ),
+        pytest.param(
+            {"statuses": ["approved"], "min_payout": "5"},
+            "lead",
+            "declined",
+            "7",
+            "status",
+            id="status-fails-payout-holds",
+        ),
+        pytest.param(
+            {"statuses": ["approved"], "min_payout": "5"},
+            "lead",
+            "approved",
+            "1",
+            "payout",
+            id="status-holds-payout-fails",
+        ),
         pytest.param(
             {"types": ["deposit"], "statuses": ["approved"], "min_payout": "50"},
             "deposit",
             "approved",
             "50",
             "fired",
-            id="t+s+p",
+            id="all-three-hold",
         ),
         pytest.param(
             {"types": ["deposit"], "statuses": ["approved"], "min_payout": "50"},
@@ -212,7 +295,7 @@ def test_entry_without_enabled_conditional_fires_for_every_conversion(
             "approved",
             "49.99",
             "payout",
-            id="t+s+p!",
+            id="all-three-payout-fails",
         ),
         pytest.param(
             {"types": ["deposit"], "statuses": ["approved"], "min_payout": "50"},
@@ -220,7 +303,7 @@ def test_entry_without_enabled_conditional_fires_for_every_conversion(
             "declined",
             "100",
             "status",
-            id="t+s!+p",
+            id="all-three-status-fails",
         ),
         pytest.param(
             {"types": ["deposit"], "statuses": ["approved"], "min_payout": "50"},
@@ -228,7 +311,7 @@ def test_entry_without_enabled_conditional_fires_for_every_conversion(
             "approved",
             "100",
             "type",
-            id="t!+s+p",
+            id="all-three-type-case-fails",
         ),
     ],
 )

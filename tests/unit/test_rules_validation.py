@@ -74,11 +74,27 @@ def test_campaign_without_entries_is_valid() -> None:
     ("entry", "enabled", "has_condition", "payout_percent", "method"),
     [
         pytest.param(f.s2s_entry("e"), True, False, Decimal(100), "GET", id="defaults"),
-        pytest.param(f.s2s_entry("e", enabled=False, method="POST"), False, False, Decimal(100), "POST", id="s2s"),
-        pytest.param(f.meta_entry("e", payout_percent=33.3), True, False, Decimal("33.3"), None, id="percent-float"),
-        pytest.param(f.meta_entry("e", conditional=f.conditional(types=["x"])), True, True, Decimal(100), None, id="c"),
         pytest.param(
-            f.meta_entry("e", conditional={"enabled": False, "types": ["x"]}), True, False, 100, None, id="c0"
+            f.s2s_entry("e", enabled=False, method="POST"), False, False, Decimal(100), "POST", id="s2s-disabled-post"
+        ),
+        pytest.param(
+            f.meta_entry("e", payout_percent=33.3), True, False, Decimal("33.3"), None, id="payout_percent-float"
+        ),
+        pytest.param(
+            f.meta_entry("e", conditional=f.conditional(types=["x"])),
+            True,
+            True,
+            Decimal(100),
+            None,
+            id="conditional-types",
+        ),
+        pytest.param(
+            f.meta_entry("e", conditional={"enabled": False, "types": ["x"]}),
+            True,
+            False,
+            100,
+            None,
+            id="conditional-disabled",
         ),
     ],
 )
@@ -96,8 +112,8 @@ def test_compiled_condition() -> None:
     entry = f.s2s_entry("e", conditional=f.conditional(types=["deposit"], statuses=["approved"], min_payout=9.99))
     (compiled,) = f.compiled("camp-1", entry).entries
     assert compiled.condition is not None
-    assert compiled.condition.types == {"deposit"}
-    assert compiled.condition.statuses == {"approved"}
+    assert compiled.condition.types == frozenset({"deposit"})
+    assert compiled.condition.statuses == frozenset({"approved"})
     assert compiled.condition.min_payout == Decimal("9.99")
 
 
@@ -163,7 +179,11 @@ INVALID_DOCUMENTS = [
     pytest.param(f.campaign("c", f.s2s_entry("e", kind="fax")), ["postbacks.0.kind"], id="bad-kind"),
     pytest.param(f.campaign("c", f.s2s_entry("e", kind="S2S")), ["postbacks.0.kind"], id="kind-case"),
     # conditional
-    pytest.param(f.campaign("c", f.s2s_entry("e", conditional={"enabled": True})), ["postbacks.0.conditional"], id="c"),
+    pytest.param(
+        f.campaign("c", f.s2s_entry("e", conditional={"enabled": True})),
+        ["postbacks.0.conditional"],
+        id="conditional-no-condition",
+    ),
     pytest.param(
         f.campaign("c", f.meta_entry("e", conditional={"enabled": True, "type": ["lead"]})),
         ["postbacks.0.conditional"],
@@ -210,20 +230,34 @@ INVALID_DOCUMENTS = [
         id="conditional-enabled-not-bool",
     ),
     # payout_percent
-    pytest.param(f.campaign("c", f.s2s_entry("e", payout_percent=-1)), ["postbacks.0.payout_percent"], id="pct-neg"),
     pytest.param(
-        f.campaign("c", f.s2s_entry("e", payout_percent="-1")), ["postbacks.0.payout_percent"], id="pct-neg-s"
+        f.campaign("c", f.s2s_entry("e", payout_percent=-1)),
+        ["postbacks.0.payout_percent"],
+        id="payout_percent-negative",
     ),
     pytest.param(
-        f.campaign("c", f.s2s_entry("e", payout_percent=1000.01)), ["postbacks.0.payout_percent"], id="pct>1k"
+        f.campaign("c", f.s2s_entry("e", payout_percent="-1")),
+        ["postbacks.0.payout_percent"],
+        id="payout_percent-negative-string",
     ),
     pytest.param(
-        f.campaign("c", f.s2s_entry("e", payout_percent="1001")), ["postbacks.0.payout_percent"], id="pct>1ks"
+        f.campaign("c", f.s2s_entry("e", payout_percent=1000.01)),
+        ["postbacks.0.payout_percent"],
+        id="payout_percent-over-1000",
     ),
     pytest.param(
-        f.campaign("c", f.s2s_entry("e", payout_percent="50%")), ["postbacks.0.payout_percent"], id="pct-sign"
+        f.campaign("c", f.s2s_entry("e", payout_percent="1001")),
+        ["postbacks.0.payout_percent"],
+        id="payout_percent-over-1000-string",
     ),
-    pytest.param(f.campaign("c", f.s2s_entry("e", payout_percent=None)), ["postbacks.0.payout_percent"], id="pct-null"),
+    pytest.param(
+        f.campaign("c", f.s2s_entry("e", payout_percent="50%")),
+        ["postbacks.0.payout_percent"],
+        id="payout_percent-with-sign",
+    ),
+    pytest.param(
+        f.campaign("c", f.s2s_entry("e", payout_percent=None)), ["postbacks.0.payout_percent"], id="payout_percent-null"
+    ),
     # url
     pytest.param(f.campaign("c", f.s2s_entry("e", url="ftp://t.example/x")), ["postbacks.0.url"], id="url-ftp"),
     pytest.param(f.campaign("c", f.s2s_entry("e", url="https://t.example/{x}")), ["postbacks.0.url"], id="url-macro"),
@@ -233,19 +267,33 @@ INVALID_DOCUMENTS = [
     pytest.param(f.campaign("c", f.s2s_entry("e", method="PUT")), ["postbacks.0.method"], id="method-put"),
     pytest.param(f.campaign("c", f.s2s_entry("e", enabled="no")), ["postbacks.0.enabled"], id="enabled-not-bool"),
     pytest.param(
-        f.campaign("c", f.s2s_entry("e", success_body_pattern="(")), ["postbacks.0.success_body_pattern"], id="regex"
+        f.campaign("c", f.s2s_entry("e", success_body_pattern="(")),
+        ["postbacks.0.success_body_pattern"],
+        id="success_body_pattern-not-a-regex",
     ),
     pytest.param(
-        f.campaign("c", f.s2s_entry("e", success_status_codes=[99])), ["postbacks.0.success_status_codes.0"], id="code"
+        f.campaign("c", f.s2s_entry("e", success_status_codes=[99])),
+        ["postbacks.0.success_status_codes.0"],
+        id="success-status-code-99",
     ),
     pytest.param(
-        f.campaign("c", f.meta_entry("e", credentials="EAAB-raw-token!")), ["postbacks.0.credentials"], id="secret"
+        f.campaign("c", f.meta_entry("e", credentials="EAAB-raw-token!")),
+        ["postbacks.0.credentials"],
+        id="credentials-looks-like-a-secret",
     ),
-    pytest.param(f.campaign("c", f.meta_entry("e", pixel_id="px-1")), ["postbacks.0.pixel_id"], id="pixel-id"),
     pytest.param(
-        f.campaign("c", f.google_entry("e", conversion_action="42")), ["postbacks.0.conversion_action"], id="action"
+        f.campaign("c", f.meta_entry("e", pixel_id="px-1")), ["postbacks.0.pixel_id"], id="pixel_id-not-digits"
     ),
-    pytest.param(f.campaign("c", f.s2s_entry("e", status_names={"paid": "x"})), ["postbacks.0.status_names"], id="sn"),
+    pytest.param(
+        f.campaign("c", f.google_entry("e", conversion_action="42")),
+        ["postbacks.0.conversion_action"],
+        id="conversion_action-not-a-resource",
+    ),
+    pytest.param(
+        f.campaign("c", f.s2s_entry("e", status_names={"paid": "x"})),
+        ["postbacks.0.status_names"],
+        id="status_names-unknown-status",
+    ),
     # the document
     pytest.param({"postbacks": []}, ["campaign_id"], id="without-campaign_id"),
     pytest.param({"campaign_id": "c"}, ["postbacks"], id="without-postbacks"),
@@ -348,7 +396,7 @@ def test_valid_offer_source(status: str) -> None:
         pytest.param(b"os-1", offer_source(x=1), "invalid_rule", ["(record)"], id="unknown-field"),
         pytest.param(b"os-1", ["os-1"], "invalid_rule", ["(record)"], id="not-an-object"),
         pytest.param(b"os-1", b"{nope", "not_json", [], id="not-json"),
-        pytest.param(b"os-1", b"\xff", "not_json", [], id="not-utf8"),
+        pytest.param(b"os-1", b"\xff", "not_utf8", [], id="not-utf8"),
         pytest.param(b"os-1", b" " * (MAX_OFFER_SOURCE_BYTES + 1), "oversized", [], id="oversized"),
     ],
 )

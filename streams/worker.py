@@ -1,0 +1,321 @@
+"""`postback-router worker`: the consumer-group runtime around the pure matcher.
+
+One loop per process: fetch a batch (whatever is there, up to BATCH_MAX_SIZE), match it in pure
+code, produce every message and await the acknowledgements once, write the fired-state changes
+to the changelog and await those, then commit the offsets. A crash anywhere in between repeats the
+batch: its postbacks again with the same postback_id (dispatchers dedupe), never a lost one.
+
+The same consumer reads `campaign-rules` and `offer-sources` as a group member, only to write the
+`.invalid` record of a bad one once; every worker's views read those topics in full on their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from prometheus_client import CollectorRegistry
+
+from postback_router.settings import Settings
+from streams.batch import ConversionBatchProcessor, MatcherConfig, OutgoingMessage, SourceRecord, utc_rfc3339
+from streams.compacted_view import CompactedTopicView
+from streams.errors import InvalidInput
+from streams.fired_record import encode_fired_record
+from streams.fired_store import FiredStore
+from streams.invalid_records import invalid_record
+from streams.metrics import WorkerMetrics
+from streams.offer_sources import OfferSource, parse_offer_source
+from streams.rules import CampaignRules, parse_campaign_rules
+
+log = logging.getLogger(__name__)
+
+# A failed produce (broker unreachable, leader moving) is retried with the batch uncommitted, so
+# nothing is committed past a conversion whose postbacks are not in Kafka. The cap keeps a long
+# outage from turning into minutes between attempts once the cluster is back.
+RETRY_INITIAL_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
+# How long one fetch waits for records when there are none: bounds how fast a stop is noticed.
+FETCH_TIMEOUT_MS = 200
+
+
+async def until_done(operation: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """Retry `operation` until it succeeds; the batch stays uncommitted meanwhile, so nothing is lost."""
+    delay = RETRY_INITIAL_SECONDS
+    while True:
+        try:
+            return await operation()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; retrying in %.1fs", what, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+
+class MatchingWorker:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.registry = registry or CollectorRegistry()
+        self.metrics = WorkerMetrics(self.registry)
+        bootstrap = settings.bootstrap_servers
+        self.rules: CompactedTopicView[CampaignRules] = CompactedTopicView(
+            bootstrap, self.topics.campaign_rules, parse_campaign_rules, self.metrics.rules_campaigns.set
+        )
+        self.offer_sources: CompactedTopicView[OfferSource] = CompactedTopicView(
+            bootstrap, self.topics.offer_sources, parse_offer_source, self.metrics.offer_sources.set
+        )
+        self.store = FiredStore(
+            bootstrap,
+            settings.fired_state_changelog,
+            "memory" if settings.state_store == "memory://" else "rocksdb",
+            Path(settings.state_dir) / settings.app_id,
+        )
+        self.processor = ConversionBatchProcessor(
+            MatcherConfig(
+                postback_topics=self.topics.postbacks,
+                invalid_topic=self.topics.invalid(self.topics.conversions),
+                evaluations_topic=self.topics.evaluations if settings.emit_evaluations else None,
+                default_status=settings.default_status,
+                max_conversion_bytes=settings.max_conversion_bytes,
+                fired_retention_seconds=settings.fired_state_retention_seconds,
+            ),
+            rules_for=self.rules.get,
+            default_status_for=self._default_status_for,
+            fired_state=self.store,
+        )
+        self._lock = asyncio.Lock()  # one batch, rebalance or sweep at a time
+        self._stopping = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._processed: dict[TopicPartition, int] = {}  # next offset to commit, per partition
+
+    def _default_status_for(self, offer_source_id: str) -> str | None:
+        source = self.offer_sources.get(offer_source_id)
+        return source.default_status if source else None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        settings = self.settings
+        self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=1)
+        await self._producer.start()
+        views = (self.rules, self.offer_sources)
+        try:
+            for view in views:
+                await view.start()
+            # SPEC 2.8: nothing is evaluated before both views hold everything in their topics.
+            for view in views:
+                await view.wait_recovered()
+            log.info(
+                "rules and offer sources recovered (%d campaigns, %d offer sources); matching conversions",
+                len(self.rules),
+                len(self.offer_sources),
+            )
+            self._consumer = AIOKafkaConsumer(
+                bootstrap_servers=settings.bootstrap_servers,
+                group_id=settings.app_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                session_timeout_ms=int(settings.session_timeout_seconds * 1000),
+                heartbeat_interval_ms=int(settings.heartbeat_interval_seconds * 1000),
+                max_poll_interval_ms=300_000,
+                isolation_level="read_committed",
+            )
+            self._consumer.subscribe(
+                [self.topics.conversions, self.topics.campaign_rules, self.topics.offer_sources],
+                listener=_Rebalance(self),
+            )
+            await self._consumer.start()
+            sweeper = asyncio.create_task(self._sweep_periodically(), name="fired-state-sweep")
+            try:
+                await self._loop()
+            finally:
+                sweeper.cancel()
+        finally:
+            await self._shutdown(views)
+
+    async def _shutdown(self, views: tuple[CompactedTopicView[Any], ...]) -> None:
+        if self._consumer is not None:
+            async with self._lock:
+                await self._commit()
+            await self._consumer.stop()  # leaves the group: the partitions move at once
+        self.store.close()
+        for view in views:
+            await view.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        log.info("worker stopped")
+
+    async def _loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while not self._stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=self.settings.batch_max_size)
+            if not batches:
+                continue
+            async with self._lock:
+                await self._handle(batches)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        if not self._processed or self._consumer is None:
+            return
+        offsets, self._processed = self._processed, {}
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The group rebalanced: whoever owns the partitions now re-reads from the last commit,
+            # and the fired-state changelog makes the repeat fire nothing new.
+            log.warning("commit after a rebalance failed (%s); the new owner repeats those records", exc)
+
+    async def _handle(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        started = time.perf_counter()
+        conversions: list[SourceRecord] = []
+        messages: list[OutgoingMessage] = []
+        for tp, records in batches.items():
+            if tp.topic == self.topics.conversions:
+                conversions.extend(
+                    SourceRecord(tp.topic, tp.partition, r.offset, r.timestamp, r.key, r.value) for r in records
+                )
+            else:
+                messages.extend(self._check_compacted_records(tp, records))
+        if conversions:
+            await until_done(self._catch_up_views, "reading the latest rules")
+            owned = [r for r in conversions if r.partition in self.store.partitions]
+            result = self.processor.process(owned)
+            messages.extend(result.messages)
+            await until_done(lambda: self._produce(messages), "producing a batch")
+            # only now: a crash before this line repeats postbacks (same ids), never loses them
+            changelog = [
+                OutgoingMessage(self.store.changelog_topic, cid.encode("utf-8"), encode_fired_record(record))
+                for cid, record in result.fired_updates.items()
+            ]
+            partitions = [record.partition for record in result.fired_updates.values()]
+            offsets = await until_done(
+                lambda: self._produce(changelog, partitions), "writing the fired-state changelog"
+            )
+            for message, partition, offset in zip(changelog, partitions, offsets, strict=True):
+                assert message.key is not None
+                self.store.apply(partition, message.key, message.value, offset)
+            self._count(result, len(owned), time.perf_counter() - started)
+        elif messages:
+            await until_done(lambda: self._produce(messages), "producing invalid-record messages")
+        owned_partitions = self.store.partitions
+        for tp, records in batches.items():
+            # a partition revoked before this batch ran is not ours to commit: its new owner re-reads it
+            if tp.topic != self.topics.conversions or tp.partition in owned_partitions:
+                self._processed[tp] = records[-1].offset + 1
+
+    async def _catch_up_views(self) -> None:
+        # Rules published before a conversion was produced apply to it (see compacted_view.py).
+        await asyncio.gather(self.rules.catch_up(), self.offer_sources.catch_up())
+
+    async def _produce(self, messages: list[OutgoingMessage], partitions: list[int] | None = None) -> list[int]:
+        producer = self._producer
+        assert producer is not None
+        pending = [
+            await producer.send(m.topic, m.value, key=m.key, partition=None if partitions is None else partitions[i])
+            for i, m in enumerate(messages)
+        ]
+        return [metadata.offset for metadata in await asyncio.gather(*pending)]
+
+    def _check_compacted_record_topic(self, topic: str) -> Callable[[bytes | None, bytes], Any]:
+        return parse_campaign_rules if topic == self.topics.campaign_rules else parse_offer_source
+
+    def _check_compacted_records(self, tp: TopicPartition, records: list[Any]) -> list[OutgoingMessage]:
+        parse = self._check_compacted_record_topic(tp.topic)
+        invalid: list[OutgoingMessage] = []
+        for record in records:
+            if record.value is None:
+                continue  # tombstone: a deletion, always valid
+            try:
+                parse(record.key, record.value)
+            except InvalidInput as error:
+                source = {"topic": tp.topic, "partition": tp.partition, "offset": record.offset}
+                body = invalid_record(error, record.key, record.value, source, utc_rfc3339(datetime.now(UTC)))
+                self.metrics.rules_invalid.labels(tp.topic).inc()
+                log.warning("invalid record on %s at %d/%d: %s", tp.topic, tp.partition, record.offset, error.reason)
+                invalid.append(OutgoingMessage(self.topics.invalid(tp.topic), record.key, orjson.dumps(body)))
+        return invalid
+
+    def _count(self, result: Any, batch_size: int, seconds: float) -> None:
+        metrics = self.metrics
+        metrics.batch_seconds.observe(seconds)
+        metrics.batch_size.observe(batch_size)
+        metrics.conversions_consumed.inc(result.consumed)
+        for reason, count in result.invalid.items():
+            metrics.conversions_invalid.labels(reason).inc(count)
+        for kind, count in result.matched.items():
+            metrics.matched.labels(kind).inc(count)
+        for reason, count in result.filtered.items():
+            metrics.filtered.labels(reason).inc(count)
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        mine = {tp.partition for tp in assigned if tp.topic == self.topics.conversions}
+        async with self._lock:
+            await self.store.assign(mine)
+        log.info("assigned conversions partitions %s", sorted(self.store.partitions))
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            await self._commit()
+            self.store.revoke({tp.partition for tp in revoked if tp.topic == self.topics.conversions})
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.fired_state_sweep_interval_seconds)
+            async with self._lock:
+                await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Delete fired-state older than FIRED_STATE_RETENTION, in the changelog first."""
+        expired = list(self.store.expired(int(time.time()), self.settings.fired_state_retention_seconds))
+        if not expired:
+            return
+        tombstones = [OutgoingMessage(self.store.changelog_topic, key, None) for _, key in expired]
+        partitions = [partition for partition, _ in expired]
+        offsets = await until_done(lambda: self._produce(tombstones, partitions), "sweeping fired-state")
+        for (partition, key), offset in zip(expired, offsets, strict=True):
+            self.store.apply(partition, key, None, offset)
+        log.info("fired-state sweep deleted %d expired conversions", len(expired))
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: MatchingWorker) -> None:
+        self._worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._worker.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._worker.on_assigned(set(assigned))
+
+
+def dump_tasks() -> None:
+    """`kill -USR1 <pid>`: every asyncio task's stack in the log, to see where a stalled worker waits."""
+    buffer = io.StringIO()
+    for task in asyncio.all_tasks():
+        buffer.write(f"--- {task.get_name()}\n")
+        task.print_stack(limit=20, file=buffer)
+    log.warning("asyncio tasks:\n%s", buffer.getvalue())
+
+
+async def run_worker(settings: Settings) -> None:
+    worker = MatchingWorker(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, worker.stop)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    await worker.run()
