@@ -83,3 +83,20 @@ async def test_rocksdb_fired_state_survives_a_restart_and_replays_only_new_chang
     ]
     # the RocksDB files kept the state and the changelog position: nothing was replayed at start
     assert "(0 changelog records replayed)" in second.log_text()
+
+
+async def test_fired_state_older_than_the_retention_is_swept_from_the_changelog(deployment: Deployment) -> None:
+    deployment.extra_env.update(FIRED_STATE_RETENTION="1s", FIRED_STATE_SWEEP_INTERVAL="1s")
+    await deployment.produce("campaign-rules", [("camp-1", f.campaign("camp-1", f.s2s_entry("src")))])
+    deployment.start_worker()
+    await deployment.produce("conversions", [("old", f.conversion("old"))])
+    await deployment.wait_for("postbacks.s2s", lambda r: len(r) >= 1, "first postback")
+    changelog = f"{deployment.app_id}-fired-state-changelog"
+
+    def tombstone_for_old(records: list[Record]) -> bool:
+        return any(r.key == b"old" and r.value is None for r in records)
+
+    await deployment.wait_for(changelog, tombstone_for_old, "a tombstone for the expired conversion")
+    await deployment.produce("conversions", [("old", f.conversion("old"))])
+    postbacks = await deployment.wait_for("postbacks.s2s", lambda r: len(r) >= 2, "fires again after retention")
+    assert len({r.json()["postback_id"] for r in postbacks}) == 1  # the same postback, so dispatchers dedupe it
