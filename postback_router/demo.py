@@ -161,7 +161,6 @@ async def publish_and_report(bootstrap: str, topics: Any, worker: subprocess.Pop
             postbacks[message["postback_id"]] = message
             per_topic[topic] += 1
     report(evaluations, rejected, postbacks)
-    await measure_throughput(bootstrap, topics, worker, log_path)
     heading("Summary")
     for topic, count in sorted(per_topic.items()):
         say(f"{topic:<40} {count} postbacks")
@@ -172,6 +171,7 @@ async def publish_and_report(bootstrap: str, topics: Any, worker: subprocess.Pop
         "no raw email reached a postback topic: "
         + str(not any("@players.example" in str(p) for p in postbacks.values()))
     )
+    await measure_throughput(bootstrap, topics, worker, log_path)
 
 
 async def measure_throughput(bootstrap: str, topics: Any, worker: subprocess.Popen[bytes], log_path: str) -> None:
