@@ -1,4 +1,4 @@
-"""The fired-state partition stores: memory for tests, RocksDB (rocksdict) for production."""
+"""The partition state backends of ChangelogStore: memory for tests, RocksDB (rocksdict) for production."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.fired_store import MemoryPartitionState, PartitionState, RocksPartitionState
+from postback_router.changelog_store import MemoryPartitionState, PartitionState, RocksPartitionState
 
 
 def memory(_: Path) -> PartitionState:
