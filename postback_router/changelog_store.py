@@ -165,4 +165,3 @@ class ChangelogStore:
         else:
             state.put(key, value)
         state.set_next_changelog_offset(max(state.next_changelog_offset(), changelog_offset + 1))
-

@@ -81,15 +81,41 @@ def worker() -> None:
     from streams.worker import run_worker
 
     settings = _settings()
-    logging.basicConfig(
-        level=settings.log_level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-    )
-    logging.getLogger("aiokafka").setLevel(settings.kafka_log_level)
+    _configure_logging(settings)
     try:
         asyncio.run(ensure_topics(settings))
     except RuntimeError as exc:
         _fail(str(exc))
     asyncio.run(run_worker(settings))
+
+
+@main.command()
+@click.option(
+    "--kind",
+    type=click.Choice(["s2s"]),
+    default="s2s",
+    show_default=True,
+    help="Which postbacks.<kind> topic to deliver. The ad-platform kinds are not dispatched yet.",
+)
+def dispatch(kind: str) -> None:
+    """Deliver matched postbacks: each once, with retries; outcomes to postbacks.results."""
+    from dispatchers.runner import run_dispatcher
+    from postback_router.topics import ensure_topics
+
+    settings = _settings()
+    _configure_logging(settings)
+    try:
+        asyncio.run(ensure_topics(settings))
+    except RuntimeError as exc:
+        _fail(str(exc))
+    asyncio.run(run_dispatcher(settings, kind))
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+    )
+    logging.getLogger("aiokafka").setLevel(settings.kafka_log_level)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+# A failed produce (broker unreachable, leader moving) is retried with its input uncommitted, so
+# nothing is committed past a record whose outputs are not in Kafka. The cap keeps a long outage
+# from turning into minutes between attempts once the cluster is back.
+RETRY_INITIAL_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
+
+# (topic, key, value, partition): value None is a tombstone, partition None lets the partitioner choose
+Outgoing = tuple[str, bytes | None, bytes | None, int | None]
 
 
 def as_bytes(value: Any) -> bytes | None:
@@ -29,6 +41,28 @@ async def produce(bootstrap: str, topic: str, records: Iterable[tuple[Any, Any]]
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+
+
+async def send_all(producer: AIOKafkaProducer, records: list[Outgoing]) -> list[int]:
+    """Send every record without awaiting each, then await all acknowledgements; return their offsets."""
+    pending = [
+        await producer.send(topic, value, key=key, partition=partition) for topic, key, value, partition in records
+    ]
+    return [metadata.offset for metadata in await asyncio.gather(*pending)]
+
+
+async def until_done(operation: Callable[[], Awaitable[Any]], what: str) -> Any:
+    """Retry `operation` until it succeeds, backing off; the caller's input stays uncommitted meanwhile."""
+    delay = RETRY_INITIAL_SECONDS
+    while True:
+        try:
+            return await operation()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; retrying in %.1fs", what, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
 @dataclass

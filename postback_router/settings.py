@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dispatchers.rate_limiter import RateLimit
+
 KINDS = ("s2s", "google_ads", "meta", "tiktok", "microsoft_ads")
 STATUSES = ("approved", "pending", "declined", "other")
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
@@ -37,6 +39,13 @@ def _bool(name: str, raw: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise SettingsError(f"{name}={raw!r}: expected true or false")
+
+
+def _positive(name: str, raw: str) -> float:
+    seconds = parse_duration(name, raw)
+    if seconds <= 0:
+        raise SettingsError(f"{name}={raw!r}: must be longer than 0")
+    return seconds
 
 
 def _int(name: str, raw: str, minimum: int, maximum: int) -> int:
@@ -102,12 +111,37 @@ class Settings:
     heartbeat_interval_seconds: float = 3.0
     log_level: str = "INFO"
     kafka_log_level: str = "WARNING"
+    allow_private_targets: bool = False
+    delivery_timeout_seconds: float = 10.0
+    delivery_max_age_seconds: float = 24 * 3600
+    retry_base_delay_seconds: float = 1.0
+    retry_max_delay_seconds: float = 2 * 3600
+    destination_concurrency: int = 8
+    destination_rate_limit: RateLimit | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def delivery_state_changelog(self, kind: str) -> str:
+        """The compacted changelog of a dispatcher's delivery state: one partition per postbacks partition."""
+        return f"{self.topics.prefix}{self.app_id}-dispatch-{kind}-state"
 
     @property
     def fired_state_changelog(self) -> str:
         """The compacted changelog of the fired-state: one partition per conversions partition."""
         return f"{self.topics.prefix}{self.app_id}-fired-state-changelog"
+
+
+def _rate(name: str, raw: str) -> RateLimit | None:
+    """`none`, or `<rate>/s` with an optional burst: `50/s`, `50/s:100`."""
+    value = raw.strip().lower()
+    if value in ("", "none", "off"):
+        return None
+    match = re.match(r"^(\d+(?:\.\d+)?)/s(?::(\d+))?$", value)
+    if not match:
+        raise SettingsError(f"{name}={raw!r}: expected none or a rate such as 50/s or 50/s:100 (burst)")
+    rate = float(match.group(1))
+    if rate <= 0:
+        raise SettingsError(f"{name}={raw!r}: the rate must be above 0")
+    return RateLimit(rate, float(match.group(2) or max(1.0, rate)))
 
 
 def _topic(env: Mapping[str, str], prefix: str, name: str, default: str) -> str:
@@ -187,4 +221,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         heartbeat_interval_seconds=heartbeat,
         log_level=log_level,
         kafka_log_level=kafka_log_level,
+        allow_private_targets=_bool("POSTBACK_ALLOW_PRIVATE_TARGETS", env.get("POSTBACK_ALLOW_PRIVATE_TARGETS", "0")),
+        delivery_timeout_seconds=_positive("DELIVERY_TIMEOUT", env.get("DELIVERY_TIMEOUT", "10s")),
+        delivery_max_age_seconds=_positive("DELIVERY_MAX_AGE", env.get("DELIVERY_MAX_AGE", "24h")),
+        retry_base_delay_seconds=_positive("RETRY_BASE_DELAY", env.get("RETRY_BASE_DELAY", "1s")),
+        retry_max_delay_seconds=_positive("RETRY_MAX_DELAY", env.get("RETRY_MAX_DELAY", "2h")),
+        destination_concurrency=_int("DESTINATION_CONCURRENCY", env.get("DESTINATION_CONCURRENCY", "8"), 1, 1000),
+        destination_rate_limit=_rate("DESTINATION_RATE_LIMIT", env.get("DESTINATION_RATE_LIMIT", "none")),
     )

@@ -37,19 +37,26 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
         compacted = set(settings.topics.compacted)
         await _create_missing(admin, settings, list(settings.topics.all()), settings.topic_partitions, replication)
         counts = await partition_counts(settings.bootstrap_servers, settings.topics.all())
-        conversions = counts[settings.topics.conversions]
-        changelog = settings.fired_state_changelog
-        compacted.add(changelog)
-        await _create_missing(admin, settings, [changelog], conversions, replication, compact=True)
-        counts.update(await partition_counts(settings.bootstrap_servers, [changelog]))
+        for changelog, source in changelogs(settings):
+            compacted.add(changelog)
+            await _create_missing(admin, settings, [changelog], counts[source], replication, compact=True)
+        counts.update(await partition_counts(settings.bootstrap_servers, [c for c, _ in changelogs(settings)]))
     finally:
         await admin.close()
-    if counts[changelog] != conversions:
-        raise RuntimeError(
-            f"{changelog} has {counts[changelog]} partitions but {settings.topics.conversions} has {conversions}: "
-            "they must match (the fired-state of conversions partition p lives in changelog partition p)"
-        )
+    for changelog, source in changelogs(settings):
+        if counts[changelog] != counts[source]:
+            raise RuntimeError(
+                f"{changelog} has {counts[changelog]} partitions but {source} has {counts[source]}: they must "
+                f"match (the state of {source} partition p lives in changelog partition p)"
+            )
     return counts
+
+
+def changelogs(settings: Settings) -> list[tuple[str, str]]:
+    """(changelog topic, the input topic it is partitioned like) for every piece of partitioned state."""
+    pairs = [(settings.fired_state_changelog, settings.topics.conversions)]
+    pairs += [(settings.delivery_state_changelog(kind), topic) for kind, topic in settings.topics.postbacks.items()]
+    return pairs
 
 
 async def _create_missing(

@@ -18,6 +18,8 @@ SCHEMA_NAMES = (
     "matched-postback",
     "invalid-record",
     "evaluation",
+    "delivery-result",
+    "dead-letter",
 )
 
 

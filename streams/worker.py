@@ -16,7 +16,7 @@ import io
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import CollectorRegistry
 
+from postback_router.kafka_io import send_all, until_done
 from postback_router.settings import Settings
 from streams.batch import ConversionBatchProcessor, MatcherConfig, OutgoingMessage, SourceRecord, utc_rfc3339
 from streams.compacted_view import CompactedTopicView
@@ -39,27 +40,8 @@ from streams.rules import CampaignRules, parse_campaign_rules
 
 log = logging.getLogger(__name__)
 
-# A failed produce (broker unreachable, leader moving) is retried with the batch uncommitted, so
-# nothing is committed past a conversion whose postbacks are not in Kafka. The cap keeps a long
-# outage from turning into minutes between attempts once the cluster is back.
-RETRY_INITIAL_SECONDS = 0.2
-RETRY_MAX_SECONDS = 5.0
 # How long one fetch waits for records when there are none: bounds how fast a stop is noticed.
 FETCH_TIMEOUT_MS = 200
-
-
-async def until_done(operation: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """Retry `operation` until it succeeds; the batch stays uncommitted meanwhile, so nothing is lost."""
-    delay = RETRY_INITIAL_SECONDS
-    while True:
-        try:
-            return await operation()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s failed; retrying in %.1fs", what, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
 
 class MatchingWorker:
@@ -223,13 +205,11 @@ class MatchingWorker:
         await asyncio.gather(self.rules.catch_up(), self.offer_sources.catch_up())
 
     async def _produce(self, messages: list[OutgoingMessage], partitions: list[int] | None = None) -> list[int]:
-        producer = self._producer
-        assert producer is not None
-        pending = [
-            await producer.send(m.topic, m.value, key=m.key, partition=None if partitions is None else partitions[i])
-            for i, m in enumerate(messages)
-        ]
-        return [metadata.offset for metadata in await asyncio.gather(*pending)]
+        assert self._producer is not None
+        return await send_all(
+            self._producer,
+            [(m.topic, m.key, m.value, None if partitions is None else partitions[i]) for i, m in enumerate(messages)],
+        )
 
     def _check_compacted_record_topic(self, topic: str) -> Callable[[bytes | None, bytes], Any]:
         return parse_campaign_rules if topic == self.topics.campaign_rules else parse_offer_source

@@ -107,6 +107,10 @@ class S2SSink:
         failure = _Failure(status, None if retry_after is None else str(retry_after), drop_connection)
         self._failures.setdefault(path, []).extend([failure] * n)
 
+    def recover(self, path: str | None = None) -> None:
+        """Drop the failures still pending for `path` (or for any path): the destination is back."""
+        self._failures.pop(path, None)
+
     def down_for_first(self, n: int, status: int = 503, *, path: str | None = None) -> None:
         """Down for the next `n` requests, then recovered: the shape of an outage seen by the dispatcher."""
         self.fail_next(n, status, path=path)

@@ -50,17 +50,18 @@ def count_at_least(n: int) -> Callable[[list[Record]], bool]:
 
 @dataclass
 class WorkerProcess:
-    """`postback-router worker` as a real subprocess, as production runs it."""
+    """A `postback-router` process (worker or dispatcher) as a real subprocess, as production runs it."""
 
     env: dict[str, str]
     log_path: Path
+    command: tuple[str, ...] = ("worker",)
     process: subprocess.Popen[bytes] | None = None
     exits: list[int] = field(default_factory=list)
 
     def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "postback_router.cli", "worker"],
+            [sys.executable, "-m", "postback_router.cli", *self.command],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -133,6 +134,13 @@ class Deployment:
         worker = WorkerProcess(self.env(), self.tmp_path / f"worker-{len(self.workers)}.log").start()
         self.workers.append(worker)
         return worker
+
+    def start_dispatcher(self, kind: str = "s2s") -> WorkerProcess:
+        dispatcher = WorkerProcess(
+            self.env(), self.tmp_path / f"dispatch-{len(self.workers)}.log", command=("dispatch", "--kind", kind)
+        ).start()
+        self.workers.append(dispatcher)
+        return dispatcher
 
     def stop_all(self) -> None:
         for worker in self.workers:

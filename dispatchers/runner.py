@@ -1,0 +1,345 @@
+"""`postback-router dispatch --kind s2s`: consume matched postbacks, deliver each once, report the outcome.
+
+Per batch of `postbacks.s2s`: a postback_id that already has a delivery state is skipped (dedupe
+across restarts); the others get a `pending` state, written to the state changelog and
+acknowledged before the input offsets are committed, and go to the DeliveryScheduler. When a
+postback ends, its record goes to `postbacks.results` (and `postbacks.dead-letter` unless
+delivered), then its state becomes `final`.
+
+On a rebalance or a stop the scheduler is drained: attempts in flight finish (or are cut after
+DRAIN_SECONDS) and what is still pending is written back with its attempts; whoever owns the
+partition next resumes it from the changelog. A crash repeats at most the attempts that were in
+flight: for S2S, which has no dedup key, that is the one window where a destination can see a
+postback twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from dispatchers.circuit_breaker import CircuitBreakers
+from dispatchers.delivery_state import DeliveryState, decode_delivery_state, encode_delivery_state
+from dispatchers.http_boundary import AiohttpTransport
+from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
+from dispatchers.retry_policy import RetryPolicy
+from dispatchers.scheduler import DeliveryScheduler, FinalOutcome, PendingPostback
+from postback_router.changelog_store import ChangelogStore
+from postback_router.kafka_io import send_all, until_done
+from postback_router.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# How long a rebalance or stop lets attempts in flight finish before cutting them: long enough for a
+# normal request, short enough to stay well inside the consumer group's rebalance timeout.
+DRAIN_SECONDS = 5.0
+FETCH_TIMEOUT_MS = 200
+SCHEMA_VERSION = 1
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def result_record(final: FinalOutcome) -> dict[str, Any]:
+    """The `postbacks.results` message (schemas/delivery-result.schema.json)."""
+    postback = final.postback
+    outcome = final.last_outcome
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "postback_id": postback["postback_id"],
+        "kind": postback["kind"],
+        "destination_id": postback["destination_id"],
+        "conversion_id": postback["conversion_id"],
+        "campaign_id": postback["campaign_id"],
+        "entry_id": postback["entry_id"],
+        "result": final.result,
+        "attempts": final.attempts,
+        "last_http_status": outcome.http_status,
+        "last_reason": outcome.reason,
+        "last_detail": outcome.detail,
+        "latency_seconds": round(max(final.latency_seconds, 0.0), 6),
+        "first_attempt_at": _iso(final.first_attempt_at),
+        "finished_at": _iso(final.finished_at),
+    }
+
+
+def dead_letter_record(final: FinalOutcome) -> dict[str, Any]:
+    """The `postbacks.dead-letter` message (schemas/dead-letter.schema.json)."""
+    outcome = final.last_outcome
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "postback_id": final.postback["postback_id"],
+        "result": final.result,
+        "reason": outcome.reason,
+        "detail": outcome.detail,
+        "last_http_status": outcome.http_status,
+        "attempts": final.attempts,
+        "dead_lettered_at": _iso(final.finished_at),
+        "postback": final.postback,
+    }
+
+
+class S2SDispatcher:
+    kind = "s2s"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topics.postbacks[self.kind]
+        self.group_id = f"{settings.app_id}-dispatch-{self.kind}"
+        self.store = ChangelogStore(
+            settings.bootstrap_servers,
+            settings.delivery_state_changelog(self.kind),
+            "memory" if settings.state_store == "memory://" else "rocksdb",
+            Path(settings.state_dir) / self.group_id,
+        )
+        self._transport = AiohttpTransport(allow_private_targets=settings.allow_private_targets)
+        # Shared by the schedulers of successive assignments, so that a rebalance does not reset
+        # an open breaker and hammer a failing endpoint again.
+        self._breakers = CircuitBreakers()
+        self._rate_limits = RateLimiters(settings.destination_rate_limit)
+        self._policy = RetryPolicy(
+            base_delay_seconds=settings.retry_base_delay_seconds,
+            max_delay_seconds=settings.retry_max_delay_seconds,
+            max_age_seconds=settings.delivery_max_age_seconds,
+        )
+        self._scheduler = self._new_scheduler()
+        self._partition_of: dict[str, int] = {}  # postback_id -> partition, while not final
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._processed: dict[TopicPartition, int] = {}
+
+    def _new_scheduler(self) -> DeliveryScheduler:
+        return DeliveryScheduler(
+            self._transport,
+            policy=self._policy,
+            breakers=self._breakers,
+            rate_limits=self._rate_limits,
+            concurrency=ConcurrencyLimits(self.settings.destination_concurrency),
+            timeout_seconds=self.settings.delivery_timeout_seconds,
+            on_final=self._on_final,
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        settings = self.settings
+        self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=1)
+        await self._producer.start()
+        await self._transport.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(settings.session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(settings.heartbeat_interval_seconds * 1000),
+            isolation_level="read_committed",
+        )
+        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        try:
+            await self._consumer.start()
+            log.info("dispatching %s from %s as group %s", self.kind, self.topic, self.group_id)
+            while not self._stopping.is_set():
+                batches = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=1000)
+                if batches:
+                    async with self._lock:
+                        await self._accept(batches)
+                    await self._commit()
+        finally:
+            async with self._lock:
+                await self._park_pending()
+                await self._commit()
+            await self._consumer.stop()
+            self.store.close()
+            await self._transport.close()
+            await self._producer.stop()
+            log.info("dispatcher stopped")
+
+    async def _accept(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        now = int(time.time())
+        received = _iso(datetime.now(UTC))
+        accepted: list[tuple[int, dict[str, Any]]] = []
+        rejected: list[tuple[bytes | None, dict[str, Any]]] = []
+        owned = self.store.partitions
+        for tp, records in batches.items():
+            if tp.partition not in owned:
+                continue  # revoked before this batch ran: the new owner reads it again
+            for record in records:
+                postback = _decode(record.value)
+                if postback is None:
+                    rejected.append(_undecodable(record.key, record.value, received))
+                    continue
+                pid = postback["postback_id"]
+                if pid in self._partition_of or self.store.get_raw(pid.encode(), tp.partition) is not None:
+                    continue  # already pending or final: never delivered twice
+                self._partition_of[pid] = tp.partition
+                accepted.append((tp.partition, postback))
+            self._processed[tp] = records[-1].offset + 1
+        if rejected:
+            await self._produce_undecodable(rejected)
+        states = [
+            (partition, postback["postback_id"].encode(), DeliveryState("pending", now, 0, received, None, postback))
+            for partition, postback in accepted
+        ]
+        await self._write_states(states)
+        for _, postback in accepted:
+            self._scheduler.submit(postback, first_attempt_at=datetime.now(UTC))
+
+    async def _on_final(self, final: FinalOutcome) -> None:
+        pid = final.postback["postback_id"]
+        partition = self._partition_of.pop(pid, None)
+        records = [(self.settings.topics.results, pid.encode(), orjson.dumps(result_record(final)))]
+        if final.result != "delivered":
+            records.append((self.settings.topics.dead_letter, pid.encode(), orjson.dumps(dead_letter_record(final))))
+        await until_done(lambda: self._produce(records), "writing a delivery result")
+        log.info("postback %s %s after %d attempt(s)", pid, final.result, final.attempts)
+        if partition is not None:
+            state = DeliveryState("final", int(time.time()), final.attempts, None, final.result, None)
+            await self._write_states([(partition, pid.encode(), state)])
+
+    async def _park_pending(self) -> None:
+        """Drain the scheduler and write back what is still pending, with its attempts so far."""
+        pending = await self._scheduler.drain(DRAIN_SECONDS)
+        self._scheduler = self._new_scheduler()
+        now = int(time.time())
+        states = []
+        for item in pending:
+            pid = item.postback["postback_id"]
+            partition = self._partition_of.pop(pid, None)
+            if partition is not None:
+                states.append((partition, pid.encode(), _pending_state(item, now)))
+        await self._write_states(states)
+
+    async def _write_states(self, states: list[tuple[int, bytes, DeliveryState]]) -> None:
+        if not states:
+            return
+        topic = self.store.changelog_topic
+        records: list[tuple[str, bytes | None, bytes]] = [
+            (topic, key, encode_delivery_state(state)) for _, key, state in states
+        ]
+        partitions = [partition for partition, _, _ in states]
+        offsets = await until_done(lambda: self._produce(records, partitions), "writing delivery state")
+        for (partition, key, state), offset in zip(states, offsets, strict=True):
+            self.store.apply(partition, key, encode_delivery_state(state), offset)
+
+    async def _produce(
+        self, records: list[tuple[str, bytes | None, bytes]], partitions: list[int] | None = None
+    ) -> list[int]:
+        assert self._producer is not None
+        return await send_all(
+            self._producer,
+            [(t, k, v, None if partitions is None else partitions[i]) for i, (t, k, v) in enumerate(records)],
+        )
+
+    async def _produce_undecodable(self, rejected: list[tuple[bytes | None, dict[str, Any]]]) -> None:
+        # Not a postback (no trustworthy postback_id): kept in dead-letter with its bytes, no result record.
+        records = [(self.settings.topics.dead_letter, key, orjson.dumps(dead)) for key, dead in rejected]
+        await until_done(lambda: self._produce(records), "writing an undecodable postback to dead-letter")
+
+    async def _commit(self) -> None:
+        if not self._processed or self._consumer is None:
+            return
+        offsets, self._processed = self._processed, {}
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning("commit after a rebalance failed (%s); the new owner skips what has a state", exc)
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self._lock:
+            await self.store.assign({tp.partition for tp in assigned if tp.topic == self.topic})
+            resumed = 0
+            for partition, key, raw in self.store.items():
+                state = decode_delivery_state(raw)
+                if state.status == "pending" and state.postback is not None:
+                    self._partition_of[key.decode()] = partition
+                    first = datetime.fromisoformat(state.first_attempt_at) if state.first_attempt_at else None
+                    self._scheduler.submit(state.postback, attempts=state.attempts, first_attempt_at=first)
+                    resumed += 1
+            await self._scheduler.start()
+        log.info(
+            "assigned %s partitions %s; resumed %d pending postbacks",
+            self.topic,
+            sorted(self.store.partitions),
+            resumed,
+        )
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self._lock:
+            await self._park_pending()
+            await self._commit()
+            self.store.revoke({tp.partition for tp in revoked if tp.topic == self.topic})
+
+
+def _pending_state(item: PendingPostback, now: int) -> DeliveryState:
+    first = _iso(item.first_attempt_at) if item.first_attempt_at else None
+    return DeliveryState("pending", now, item.attempts, first, None, item.postback)
+
+
+def _decode(value: bytes | None) -> dict[str, Any] | None:
+    try:
+        postback = orjson.loads(value) if value is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(postback, dict):
+        return None
+    required = ("postback_id", "destination_id", "kind", "conversion_id", "campaign_id", "entry_id", "url", "method")
+    if not all(isinstance(postback.get(name), str) for name in required):
+        return None
+    return postback
+
+
+def _undecodable(key: bytes | None, value: bytes | None, now: str) -> tuple[bytes | None, dict[str, Any]]:
+    pid = key.decode("utf-8", "replace") if key else ""
+    try:
+        original = (value or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        original = base64.b64encode(value or b"").decode("ascii")
+    dead = {
+        "schema_version": SCHEMA_VERSION,
+        "postback_id": pid,
+        "result": "rejected",
+        "reason": "invalid_message",
+        "detail": "not a matched s2s postback (JSON object with postback_id, url, method, ...)",
+        "last_http_status": None,
+        "attempts": 0,
+        "dead_lettered_at": now,
+        "postback": None,
+        "original_value": original,
+    }
+    return key, dead
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, dispatcher: S2SDispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._dispatcher.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._dispatcher.on_assigned(set(assigned))
+
+
+async def run_dispatcher(settings: Settings, kind: str) -> None:
+    if kind != "s2s":
+        raise ValueError(f"no dispatcher for kind {kind!r} yet")
+    dispatcher = S2SDispatcher(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, dispatcher.stop)
+    await dispatcher.run()
