@@ -1,6 +1,8 @@
-"""`postback-router dispatch --kind s2s`: consume matched postbacks, deliver each once, report the outcome.
+"""`postback-router dispatch --kind <kind>|all`: consume matched postbacks, deliver each once, report it.
 
-Per batch of `postbacks.s2s`: a postback_id that already has a delivery state is skipped (dedupe
+One Dispatcher per kind, each in its own consumer group on `postbacks.<kind>`; S2S postbacks go
+through DeliveryScheduler (one request each), ad-platform ones through BatchDeliveryScheduler
+(batched per account or pixel). Per consumed batch: a postback_id that already has a delivery state is skipped (dedupe
 across restarts); the others get a `pending` state, written to the state changelog and
 acknowledged before the input offsets are committed, and go to the DeliveryScheduler. When a
 postback ends, its record goes to `postbacks.results` (and `postbacks.dead-letter` unless
@@ -22,18 +24,21 @@ import signal
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from dispatchers.batch_scheduler import BatchDeliveryScheduler, PlatformCredentials
 from dispatchers.circuit_breaker import CircuitBreakers
 from dispatchers.delivery_state import DeliveryState, decode_delivery_state, encode_delivery_state
 from dispatchers.http_boundary import AiohttpTransport
+from dispatchers.oauth import OAuthTokenCache
 from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.retry_policy import RetryPolicy
 from dispatchers.scheduler import DeliveryScheduler, FinalOutcome, PendingPostback
+from dispatchers.secrets import SecretStore
 from postback_router.changelog_store import ChangelogStore
 from postback_router.kafka_io import send_all, until_done
 from postback_router.settings import Settings
@@ -90,10 +95,24 @@ def dead_letter_record(final: FinalOutcome) -> dict[str, Any]:
     }
 
 
-class S2SDispatcher:
-    kind = "s2s"
+class PostbackScheduler(Protocol):
+    def submit(
+        self,
+        postback: dict[str, Any],
+        *,
+        attempts: int = 0,
+        first_attempt_at: datetime | None = None,
+        not_before: datetime | None = None,
+    ) -> None: ...
 
-    def __init__(self, settings: Settings) -> None:
+    async def start(self) -> None: ...
+
+    async def drain(self, timeout: float) -> list[PendingPostback]: ...
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, kind: str) -> None:
+        self.kind = kind
         self.settings = settings
         self.topic = settings.topics.postbacks[self.kind]
         self.group_id = f"{settings.app_id}-dispatch-{self.kind}"
@@ -113,6 +132,9 @@ class S2SDispatcher:
             max_delay_seconds=settings.retry_max_delay_seconds,
             max_age_seconds=settings.delivery_max_age_seconds,
         )
+        self._credentials = PlatformCredentials(
+            SecretStore(), OAuthTokenCache(self._transport), **dict(settings.platform_urls)
+        )
         self._scheduler = self._new_scheduler()
         self._partition_of: dict[str, int] = {}  # postback_id -> partition, while not final
         self._lock = asyncio.Lock()
@@ -121,16 +143,18 @@ class S2SDispatcher:
         self._consumer: AIOKafkaConsumer | None = None
         self._processed: dict[TopicPartition, int] = {}
 
-    def _new_scheduler(self) -> DeliveryScheduler:
-        return DeliveryScheduler(
-            self._transport,
-            policy=self._policy,
-            breakers=self._breakers,
-            rate_limits=self._rate_limits,
-            concurrency=ConcurrencyLimits(self.settings.destination_concurrency),
-            timeout_seconds=self.settings.delivery_timeout_seconds,
-            on_final=self._on_final,
-        )
+    def _new_scheduler(self) -> PostbackScheduler:
+        common: dict[str, Any] = {
+            "policy": self._policy,
+            "breakers": self._breakers,
+            "rate_limits": self._rate_limits,
+            "concurrency": ConcurrencyLimits(self.settings.destination_concurrency),
+            "timeout_seconds": self.settings.delivery_timeout_seconds,
+            "on_final": self._on_final,
+        }
+        if self.kind == "s2s":
+            return DeliveryScheduler(self._transport, **common)
+        return BatchDeliveryScheduler(self._transport, kind=self.kind, credentials=self._credentials, **common)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -179,7 +203,7 @@ class S2SDispatcher:
             if tp.partition not in owned:
                 continue  # revoked before this batch ran: the new owner reads it again
             for record in records:
-                postback = _decode(record.value)
+                postback = _decode(record.value, self.kind)
                 if postback is None:
                     rejected.append(_undecodable(record.key, record.value, received))
                     continue
@@ -290,15 +314,17 @@ def _pending_state(item: PendingPostback, now: int) -> DeliveryState:
     return DeliveryState("pending", now, item.attempts, first, None, item.postback)
 
 
-def _decode(value: bytes | None) -> dict[str, Any] | None:
+def _decode(value: bytes | None, kind: str) -> dict[str, Any] | None:
     try:
         postback = orjson.loads(value) if value is not None else None
     except orjson.JSONDecodeError:
         return None
     if not isinstance(postback, dict):
         return None
-    required = ("postback_id", "destination_id", "kind", "conversion_id", "campaign_id", "entry_id", "url", "method")
-    if not all(isinstance(postback.get(name), str) for name in required):
+    required: tuple[str, ...] = ("postback_id", "destination_id", "kind", "conversion_id", "campaign_id", "entry_id")
+    if kind == "s2s":
+        required += ("url", "method")
+    if postback.get("kind") != kind or not all(isinstance(postback.get(name), str) for name in required):
         return None
     return postback
 
@@ -314,7 +340,7 @@ def _undecodable(key: bytes | None, value: bytes | None, now: str) -> tuple[byte
         "postback_id": pid,
         "result": "rejected",
         "reason": "invalid_message",
-        "detail": "not a matched s2s postback (JSON object with postback_id, url, method, ...)",
+        "detail": "not a matched postback of this topic's kind (see schemas/matched-postback.schema.json)",
         "last_http_status": None,
         "attempts": 0,
         "dead_lettered_at": now,
@@ -325,7 +351,7 @@ def _undecodable(key: bytes | None, value: bytes | None, now: str) -> tuple[byte
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, dispatcher: S2SDispatcher) -> None:
+    def __init__(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -336,10 +362,15 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 async def run_dispatcher(settings: Settings, kind: str) -> None:
-    if kind != "s2s":
-        raise ValueError(f"no dispatcher for kind {kind!r} yet")
-    dispatcher = S2SDispatcher(settings)
+    """Run the dispatcher of one kind, or of every kind (`all`) side by side, until SIGTERM/SIGINT."""
+    kinds = list(settings.topics.postbacks) if kind == "all" else [kind]
+    dispatchers = [Dispatcher(settings, k) for k in kinds]
     loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for dispatcher in dispatchers:
+            dispatcher.stop()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, dispatcher.stop)
-    await dispatcher.run()
+        loop.add_signal_handler(signum, stop_all)
+    await asyncio.gather(*(dispatcher.run() for dispatcher in dispatchers))

@@ -92,10 +92,10 @@ def worker() -> None:
 @main.command()
 @click.option(
     "--kind",
-    type=click.Choice(["s2s"]),
-    default="s2s",
+    type=click.Choice(["s2s", "google_ads", "meta", "tiktok", "microsoft_ads", "all"]),
+    default="all",
     show_default=True,
-    help="Which postbacks.<kind> topic to deliver. The ad-platform kinds are not dispatched yet.",
+    help="Which postbacks.<kind> topic to deliver; `all` runs one dispatcher per kind in this process.",
 )
 def dispatch(kind: str) -> None:
     """Deliver matched postbacks: each once, with retries; outcomes to postbacks.results."""

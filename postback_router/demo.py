@@ -1,9 +1,11 @@
 """`make demo`: the service's main job end to end, and a readable account of what happened.
 
 On the embedded broker (or KAFKA_BOOTSTRAP_SERVERS, under topics of its own that it deletes at the
-end): starts a real `postback-router worker`, publishes offer sources, campaign rules and a stream of
-conversions (updates, missing statuses, re-deliveries, invalid ones), then prints each conversion
-with the postbacks it fired and, for the entries that did not fire, why.
+end): starts a real `postback-router worker` and `postback-router dispatch --kind s2s`, publishes
+offer sources, campaign rules and a stream of conversions (updates, missing statuses, re-deliveries,
+invalid ones), then prints each conversion with the postbacks it fired and, for the entries that did
+not fire, why; then what each traffic source (a local HTTP server standing in for them, one of
+them down for a while) received; then a burst, for the rates.
 """
 
 from __future__ import annotations
@@ -18,20 +20,24 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from postback_router.demo_data import CAMPAIGNS, CONVERSIONS, OFFER_SOURCES
+from postback_router.demo_data import CAMPAIGNS, CONVERSIONS, OFFER_SOURCES, campaigns_for
+from postback_router.demo_sink import DemoSink
 from postback_router.embedded_broker import kafka_for_local_use
 from postback_router.kafka_io import produce, read_topic
-from postback_router.settings import load_settings
+from postback_router.settings import Topics, load_settings
 from postback_router.topics import ensure_topics
 
 # The demo must finish on its own: a worker that has not produced every evaluation by then is stuck,
 # and the demo says so instead of waiting forever.
 DEADLINE_SECONDS = 90.0
-BURST_SIZE = 20_000
+BURST_SIZE = 10_000
+DEMO_OUTAGE_REQUESTS = 3
 WIDTH = 100
 
 
@@ -44,14 +50,47 @@ def heading(text: str) -> None:
     say(f"== {text} " + "=" * max(0, WIDTH - len(text) - 4))
 
 
-async def wait_until(check: Any, what: str, worker: subprocess.Popen[bytes], log_path: str) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not await check():
-        if worker.poll() is not None:
-            raise SystemExit(f"the worker exited ({worker.returncode}) while waiting for {what}; log: {log_path}")
-        if time.monotonic() > deadline:
-            raise SystemExit(f"gave up after {DEADLINE_SECONDS:.0f}s waiting for {what}; worker log: {log_path}")
-        await asyncio.sleep(0.2)
+@dataclass
+class DemoRun:
+    bootstrap: str
+    topics: Topics
+    sink: DemoSink
+    workdir: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, env: dict[str, str], *args: str) -> None:
+        with open(os.path.join(self.workdir, f"{name}.log"), "wb") as log:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "postback_router.cli", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    async def count(self, topic: str) -> int:
+        return len(await read_topic(self.bootstrap, topic))
+
+    async def wait_until(self, check: Callable[[], Awaitable[bool]], what: str) -> None:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while not await check():
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    log = os.path.join(self.workdir, f"{name}.log")
+                    raise SystemExit(f"the {name} exited ({process.returncode}) while waiting for {what}; see {log}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"gave up after {DEADLINE_SECONDS:.0f}s waiting for {what}; logs in {self.workdir}")
+            await asyncio.sleep(0.2)
 
 
 def describe_fired(fired: dict[str, Any], postback: dict[str, Any] | None) -> str:
@@ -89,45 +128,41 @@ async def run_demo() -> None:
             "TOPIC_PARTITIONS": "4",
             "KAFKA_SESSION_TIMEOUT": "6s",
             "KAFKA_HEARTBEAT_INTERVAL": "1s",
+            # the traffic sources are a local server; retries come quickly so the demo stays short
+            "POSTBACK_ALLOW_PRIVATE_TARGETS": "1",
+            "RETRY_BASE_DELAY": "500ms",
+            "RETRY_MAX_DELAY": "2s",
         }
         settings = load_settings(env)
-        topics = settings.topics
+        sink = DemoSink(down_for_first={"mgid": DEMO_OUTAGE_REQUESTS})
+        sink_url = await sink.start()
+        run = DemoRun(bootstrap, settings.topics, sink, workdir)
         say(f"Kafka: {bootstrap} ({'embedded Tansu broker, in memory' if embedded else 'KAFKA_BOOTSTRAP_SERVERS'})")
-        say(f"Topics under the prefix {prefix!r}")
+        say(f"Topics under the prefix {prefix!r}; traffic sources simulated at {sink_url}/<source>/...")
         await ensure_topics(settings)
-        log_path = os.path.join(workdir, "worker.log")
-        with open(log_path, "wb") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "postback_router.cli", "worker"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        run.start("worker", env, "worker")
+        run.start("dispatcher", env, "dispatch", "--kind", "s2s")
         try:
-            await publish_and_report(bootstrap, topics, worker, log_path)
+            await publish_and_report(run, campaigns_for(sink_url))
         finally:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                try:
-                    worker.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
+            run.stop_all()
+            await sink.stop()
             if not embedded:
                 await delete_topics(bootstrap, prefix)
             shutil.rmtree(workdir, ignore_errors=True)
     say()
     cleaned = "broker stopped" if embedded else "demo topics deleted"
-    say(f"Done in {time.monotonic() - started:.1f}s; worker stopped, {cleaned}.")
+    say(f"Done in {time.monotonic() - started:.1f}s; worker and dispatcher stopped, {cleaned}.")
 
 
-async def publish_and_report(bootstrap: str, topics: Any, worker: subprocess.Popen[bytes], log_path: str) -> None:
+async def publish_and_report(run: DemoRun, campaigns: list[dict[str, Any]]) -> None:
+    bootstrap, topics = run.bootstrap, run.topics
     heading("Published")
     await produce(bootstrap, topics.offer_sources, [(o["offer_source_id"], o) for o in OFFER_SOURCES])
     for source in OFFER_SOURCES:
         say(f"offer source {source['offer_source_id']:<12} default_status={source['default_status']}")
-    await produce(bootstrap, topics.campaign_rules, [(c["campaign_id"], c) for c in CAMPAIGNS])
-    for campaign in CAMPAIGNS:
+    await produce(bootstrap, topics.campaign_rules, [(c["campaign_id"], c) for c in campaigns])
+    for campaign in campaigns:
         entries = ", ".join(
             f"{e['id']} ({e['kind']}{', conditional' if e.get('conditional', {}).get('enabled') else ''}"
             f"{', disabled' if e.get('enabled') is False else ''})"
@@ -149,7 +184,7 @@ async def publish_and_report(bootstrap: str, topics: Any, worker: subprocess.Pop
         return len(evaluations) >= valid and len(rejected) >= invalid
 
     say("waiting for the worker (group join and table recovery take a few seconds)...")
-    await wait_until(all_accounted_for, "every conversion to be evaluated", worker, log_path)
+    await run.wait_until(all_accounted_for, "every conversion to be evaluated")
     elapsed = time.monotonic() - sent_at
     evaluations = [r.json() for r in await read_topic(bootstrap, topics.evaluations)]
     rejected = [r.json() for r in await read_topic(bootstrap, topics.invalid(topics.conversions))]
@@ -171,11 +206,34 @@ async def publish_and_report(bootstrap: str, topics: Any, worker: subprocess.Pop
         "no raw email reached a postback topic: "
         + str(not any("@players.example" in str(p) for p in postbacks.values()))
     )
-    await measure_throughput(bootstrap, topics, worker, log_path)
+    await report_deliveries(run, per_topic[topics.postbacks["s2s"]])
+    await measure_throughput(run)
 
 
-async def measure_throughput(bootstrap: str, topics: Any, worker: subprocess.Popen[bytes], log_path: str) -> None:
+async def report_deliveries(run: DemoRun, s2s_postbacks: int) -> None:
+    heading("What the traffic sources received (postback-router dispatch --kind s2s)")
+    results_topic = run.topics.results
+
+    async def all_reported() -> bool:
+        return await run.count(results_topic) >= s2s_postbacks
+
+    say(f"MGID's endpoint is down (503) for its first {DEMO_OUTAGE_REQUESTS} requests; waiting for every result...")
+    await run.wait_until(all_reported, f"{s2s_postbacks} delivery results")
+    first = run.sink.received[0].at if run.sink.received else time.monotonic()
+    for request in run.sink.received:
+        say(f"  +{request.at - first:5.2f}s  {request.status}  {request.path_qs}")
+    results = [r.json() for r in await read_topic(run.bootstrap, results_topic)]
+    say(f"{len(results)} results on {results_topic}:")
+    for result in sorted(results, key=lambda r: (r["entry_id"], r["conversion_id"])):
+        say(
+            f"  {result['conversion_id']:<8} {result['entry_id']:<24} {result['result']:<10} "
+            f"attempts {result['attempts']}  last {result['last_reason']}  after {result['latency_seconds']:.2f}s"
+        )
+
+
+async def measure_throughput(run: DemoRun) -> None:
     heading(f"Throughput: a burst of {BURST_SIZE:,} conversions")
+    bootstrap, topics = run.bootstrap, run.topics
     campaigns = [c["campaign_id"] for c in CAMPAIGNS]
     burst = [
         (
@@ -193,23 +251,38 @@ async def measure_throughput(bootstrap: str, topics: Any, worker: subprocess.Pop
         )
         for i in range(BURST_SIZE)
     ]
-    before = len(await read_topic(bootstrap, topics.evaluations))
+    evaluated_before = await run.count(topics.evaluations)
+    s2s_before = await run.count(topics.postbacks["s2s"])
     started = time.monotonic()
     await produce(bootstrap, topics.conversions, burst)
     say(f"sent in {time.monotonic() - started:.1f}s; the worker matches while they arrive")
     deadline = started + DEADLINE_SECONDS
     done = 0
     while done < BURST_SIZE:
-        if worker.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the burst was not matched in time ({done:,}/{BURST_SIZE:,}); worker log: {log_path}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the burst was not matched in time ({done:,}/{BURST_SIZE:,}); logs in {run.workdir}")
         await asyncio.sleep(0.5)
-        done = len(await read_topic(bootstrap, topics.evaluations)) - before
+        done = await run.count(topics.evaluations) - evaluated_before
         say(f"  {done:>7,} / {BURST_SIZE:,} evaluated ({time.monotonic() - started:5.1f}s)")
-    elapsed = time.monotonic() - started
-    fired = sum([len(await read_topic(bootstrap, t)) for t in topics.postbacks.values()])
+    matched_in = time.monotonic() - started
+    s2s = await run.count(topics.postbacks["s2s"]) - s2s_before
     say(
-        f"{BURST_SIZE:,} conversions matched in {elapsed:.1f}s = {BURST_SIZE / elapsed:,.0f} conversions/s "
-        f"(one worker, evaluation records on, produce time included); {fired:,} postbacks on the topics in all"
+        f"{BURST_SIZE:,} conversions matched in {matched_in:.1f}s = {BURST_SIZE / matched_in:,.0f} conversions/s "
+        f"(one worker, evaluation records on, produce time included); {s2s:,} of them S2S postbacks"
+    )
+    delivered_before = sum(run.sink.delivered().values())
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    delivered = 0
+    while delivered < s2s:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the burst's postbacks were not delivered in time; logs in {run.workdir}")
+        await asyncio.sleep(1.0)
+        delivered = sum(run.sink.delivered().values()) - delivered_before
+        say(f"  {delivered:>7,} / {s2s:,} delivered ({time.monotonic() - started:5.1f}s)")
+    delivered_in = time.monotonic() - started
+    say(
+        f"{s2s:,} S2S postbacks delivered to the local sink {delivered_in:.1f}s after the burst was sent = "
+        f"{s2s / delivered_in:,.0f} deliveries/s end to end (one dispatcher)"
     )
 
 

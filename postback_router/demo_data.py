@@ -80,6 +80,29 @@ CAMPAIGNS: list[dict[str, Any]] = [
     },
 ]
 
+# The demo's traffic sources answer on a local server: each real-looking host maps to a path there.
+SOURCE_HOSTS = {
+    "https://ad.propellerads.example": "propeller",
+    "https://tracker.keitaro.example": "keitaro",
+    "https://a.mgid.example": "mgid",
+}
+
+
+def campaigns_for(sink_url: str) -> list[dict[str, Any]]:
+    """CAMPAIGNS with their S2S URLs pointed at the demo's local sink."""
+    campaigns: list[dict[str, Any]] = []
+    for campaign in CAMPAIGNS:
+        entries = []
+        for entry in campaign["postbacks"]:
+            entry = dict(entry)
+            for host, source in SOURCE_HOSTS.items():
+                if entry.get("url", "").startswith(host):
+                    entry["url"] = f"{sink_url}/{source}" + entry["url"][len(host) :]
+            entries.append(entry)
+        campaigns.append({**campaign, "postbacks": entries})
+    return campaigns
+
+
 AT = "2026-11-22T09:{:02d}:00Z"
 
 

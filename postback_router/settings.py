@@ -118,6 +118,8 @@ class Settings:
     retry_max_delay_seconds: float = 2 * 3600
     destination_concurrency: int = 8
     destination_rate_limit: RateLimit | None = None
+    # PlatformCredentials keyword -> URL, only for those set (tests and proxies; the defaults are the platforms')
+    platform_urls: Mapping[str, str] = field(default_factory=dict)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def delivery_state_changelog(self, kind: str) -> str:
@@ -142,6 +144,27 @@ def _rate(name: str, raw: str) -> RateLimit | None:
     if rate <= 0:
         raise SettingsError(f"{name}={raw!r}: the rate must be above 0")
     return RateLimit(rate, float(match.group(2) or max(1.0, rate)))
+
+
+PLATFORM_URL_SETTINGS = {
+    "GOOGLE_ADS_BASE_URL": "google_ads_base_url",
+    "META_BASE_URL": "meta_base_url",
+    "TIKTOK_BASE_URL": "tiktok_base_url",
+    "MICROSOFT_ADS_BASE_URL": "microsoft_ads_base_url",
+    "OAUTH_TOKEN_URL_GOOGLE": "oauth_token_url_google",
+    "OAUTH_TOKEN_URL_MICROSOFT": "oauth_token_url_microsoft",
+}
+
+
+def _platform_urls(env: Mapping[str, str]) -> dict[str, str]:
+    urls: dict[str, str] = {}
+    for name, keyword in PLATFORM_URL_SETTINGS.items():
+        value = env.get(name, "").strip()
+        if value:
+            if not re.match(r"^https?://[^\s/]+", value):
+                raise SettingsError(f"{name}={value!r}: expected an http(s) URL")
+            urls[keyword] = value.rstrip("/")
+    return urls
 
 
 def _topic(env: Mapping[str, str], prefix: str, name: str, default: str) -> str:
@@ -228,4 +251,5 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         retry_max_delay_seconds=_positive("RETRY_MAX_DELAY", env.get("RETRY_MAX_DELAY", "2h")),
         destination_concurrency=_int("DESTINATION_CONCURRENCY", env.get("DESTINATION_CONCURRENCY", "8"), 1, 1000),
         destination_rate_limit=_rate("DESTINATION_RATE_LIMIT", env.get("DESTINATION_RATE_LIMIT", "none")),
+        platform_urls=_platform_urls(env),
     )
