@@ -40,6 +40,7 @@ from dispatchers.retry_policy import RetryPolicy
 from dispatchers.scheduler import DeliveryScheduler, FinalOutcome, PendingPostback
 from dispatchers.secrets import SecretStore
 from postback_router.changelog_store import ChangelogStore
+from postback_router.diagnostics import dump_tasks
 from postback_router.kafka_io import send_all, until_done
 from postback_router.settings import Settings
 
@@ -373,4 +374,5 @@ async def run_dispatcher(settings: Settings, kind: str) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_all)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     await asyncio.gather(*(dispatcher.run() for dispatcher in dispatchers))

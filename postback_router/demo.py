@@ -22,8 +22,9 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
+import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 
 from postback_router.demo_data import CAMPAIGNS, CONVERSIONS, OFFER_SOURCES, campaigns_for
@@ -50,12 +51,51 @@ def heading(text: str) -> None:
     say(f"== {text} " + "=" * max(0, WIDTH - len(text) - 4))
 
 
+class DemoPlatforms:
+    """Fake Meta, TikTok and Microsoft Advertising APIs (the test suite's, which check requests the way
+    the real APIs do), and the environment that points the dispatcher at them with its secrets."""
+
+    def __init__(self) -> None:
+        from tests.fakes.platforms import FakeMeta, FakeMicrosoftAds, FakeOAuthServer, FakeTikTok
+
+        self.meta, self.tiktok, self.microsoft = FakeMeta(), FakeTikTok(), FakeMicrosoftAds()
+        self.oauth = FakeOAuthServer(grant_into=[self.microsoft.tokens])
+        self.servers = [self.meta, self.tiktok, self.microsoft, self.oauth]
+        self.names = {"meta": self.meta, "tiktok": self.tiktok, "microsoft_ads": self.microsoft}
+
+    async def start(self) -> dict[str, str]:
+        for server in self.servers:
+            await server.start()
+        oauth = {
+            "client_id": "oauth-client-id",
+            "client_secret": "oauth-client-secret",
+            "refresh_token": "oauth-refresh-token",
+        }
+        return {
+            "META_BASE_URL": self.meta.base_url,
+            "TIKTOK_BASE_URL": self.tiktok.base_url,
+            "MICROSOFT_ADS_BASE_URL": self.microsoft.base_url,
+            "OAUTH_TOKEN_URL_MICROSOFT": self.oauth.token_url,
+            # secrets reach the dispatcher by name, as in production (never through a topic)
+            "POSTBACK_SECRET_META_CASINO": orjson.dumps({"access_token": "meta-access-token"}).decode(),
+            "POSTBACK_SECRET_TIKTOK_SWEEPS": orjson.dumps({"access_token": "tiktok-access-token"}).decode(),
+            "POSTBACK_SECRET_MSADS_NUTRA": orjson.dumps(
+                {"developer_token": "microsoft-developer-token", **oauth}
+            ).decode(),
+        }
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            await server.stop()
+
+
 @dataclass
 class DemoRun:
     bootstrap: str
     topics: Topics
     sink: DemoSink
     workdir: str
+    platforms: DemoPlatforms
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str, env: dict[str, str], *args: str) -> None:
@@ -81,15 +121,27 @@ class DemoRun:
     async def count(self, topic: str) -> int:
         return len(await read_topic(self.bootstrap, topic))
 
+    def fail(self, message: str) -> NoReturn:
+        """Stop the demo with `message` and the end of each process's log (the logs are deleted after)."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGUSR1)  # each writes its asyncio task stacks to its log
+        time.sleep(1)
+        for name in self.processes:
+            with open(os.path.join(self.workdir, f"{name}.log"), errors="replace") as log:
+                tail = log.readlines()[-int(os.environ.get("DEMO_LOG_LINES", "25")) :]
+            say(f"--- last lines of the {name} log ---")
+            say("".join(tail).rstrip())
+        raise SystemExit(message)
+
     async def wait_until(self, check: Callable[[], Awaitable[bool]], what: str) -> None:
         deadline = time.monotonic() + DEADLINE_SECONDS
         while not await check():
             for name, process in self.processes.items():
                 if process.poll() is not None:
-                    log = os.path.join(self.workdir, f"{name}.log")
-                    raise SystemExit(f"the {name} exited ({process.returncode}) while waiting for {what}; see {log}")
+                    self.fail(f"the {name} exited ({process.returncode}) while waiting for {what}")
             if time.monotonic() > deadline:
-                raise SystemExit(f"gave up after {DEADLINE_SECONDS:.0f}s waiting for {what}; logs in {self.workdir}")
+                self.fail(f"gave up after {DEADLINE_SECONDS:.0f}s waiting for {what}")
             await asyncio.sleep(0.2)
 
 
@@ -133,20 +185,23 @@ async def run_demo() -> None:
             "RETRY_BASE_DELAY": "500ms",
             "RETRY_MAX_DELAY": "2s",
         }
-        settings = load_settings(env)
         sink = DemoSink(down_for_first={"mgid": DEMO_OUTAGE_REQUESTS})
         sink_url = await sink.start()
-        run = DemoRun(bootstrap, settings.topics, sink, workdir)
+        platforms = DemoPlatforms()
+        env.update(await platforms.start())
+        settings = load_settings(env)
+        run = DemoRun(bootstrap, settings.topics, sink, workdir, platforms)
         say(f"Kafka: {bootstrap} ({'embedded Tansu broker, in memory' if embedded else 'KAFKA_BOOTSTRAP_SERVERS'})")
         say(f"Topics under the prefix {prefix!r}; traffic sources simulated at {sink_url}/<source>/...")
         await ensure_topics(settings)
         run.start("worker", env, "worker")
-        run.start("dispatcher", env, "dispatch", "--kind", "s2s")
+        run.start("dispatcher", env, "dispatch", "--kind", "all")
         try:
             await publish_and_report(run, campaigns_for(sink_url))
         finally:
             run.stop_all()
             await sink.stop()
+            await platforms.stop()
             if not embedded:
                 await delete_topics(bootstrap, prefix)
             shutil.rmtree(workdir, ignore_errors=True)
@@ -206,19 +261,27 @@ async def publish_and_report(run: DemoRun, campaigns: list[dict[str, Any]]) -> N
         "no raw email reached a postback topic: "
         + str(not any("@players.example" in str(p) for p in postbacks.values()))
     )
-    await report_deliveries(run, per_topic[topics.postbacks["s2s"]])
+    await report_deliveries(run, sum(per_topic.values()), postbacks)
     await measure_throughput(run)
 
 
-async def report_deliveries(run: DemoRun, s2s_postbacks: int) -> None:
-    heading("What the traffic sources received (postback-router dispatch --kind s2s)")
+async def report_deliveries(run: DemoRun, expected: int, postbacks: dict[str, dict[str, Any]]) -> None:
+    heading("What the destinations received (postback-router dispatch --kind all)")
     results_topic = run.topics.results
 
     async def all_reported() -> bool:
-        return await run.count(results_topic) >= s2s_postbacks
+        return await run.count(results_topic) >= expected
 
     say(f"MGID's endpoint is down (503) for its first {DEMO_OUTAGE_REQUESTS} requests; waiting for every result...")
-    await run.wait_until(all_reported, f"{s2s_postbacks} delivery results")
+    await run.wait_until(all_reported, f"{expected} delivery results")
+    # Meta and TikTok dedupe on event_id (= postback_id); Microsoft on MicrosoftClickId|ConversionTime
+    by_key = dict(postbacks)
+    by_key |= {p["click_ids"]["msclkid"]: p for p in postbacks.values() if "msclkid" in p["click_ids"]}
+    for kind, fake in run.platforms.names.items():
+        found = [by_key.get(key) or by_key.get(key.split("|")[0]) for key in fake.delivered]
+        events = ", ".join(f"{p['conversion_id']} ({p['status']})" for p in found if p is not None)
+        say(f"{kind} API (local fake): {len(fake.received)} request(s), events for {events}")
+    say("traffic sources (local sink), in the order they were called:")
     first = run.sink.received[0].at if run.sink.received else time.monotonic()
     for request in run.sink.received:
         say(f"  +{request.at - first:5.2f}s  {request.status}  {request.path_qs}")
@@ -247,11 +310,14 @@ async def measure_throughput(run: DemoRun) -> None:
                 "payout": f"{i % 50}.{i % 100:02d}",
                 "occurred_at": "2026-11-22T10:00:00Z",
                 "click_ids": {"external_id": f"src-burst-{i}"},
+                "user": {"email": f"burst{i}@players.example"},
             },
         )
         for i in range(BURST_SIZE)
     ]
     evaluated_before = await run.count(topics.evaluations)
+    # taken before the burst: the dispatcher delivers while the worker is still matching
+    delivered_before = sum(run.sink.delivered().values())
     s2s_before = await run.count(topics.postbacks["s2s"])
     started = time.monotonic()
     await produce(bootstrap, topics.conversions, burst)
@@ -260,7 +326,7 @@ async def measure_throughput(run: DemoRun) -> None:
     done = 0
     while done < BURST_SIZE:
         if time.monotonic() > deadline:
-            raise SystemExit(f"the burst was not matched in time ({done:,}/{BURST_SIZE:,}); logs in {run.workdir}")
+            run.fail(f"the burst was not matched in time ({done:,}/{BURST_SIZE:,})")
         await asyncio.sleep(0.5)
         done = await run.count(topics.evaluations) - evaluated_before
         say(f"  {done:>7,} / {BURST_SIZE:,} evaluated ({time.monotonic() - started:5.1f}s)")
@@ -270,15 +336,17 @@ async def measure_throughput(run: DemoRun) -> None:
         f"{BURST_SIZE:,} conversions matched in {matched_in:.1f}s = {BURST_SIZE / matched_in:,.0f} conversions/s "
         f"(one worker, evaluation records on, produce time included); {s2s:,} of them S2S postbacks"
     )
-    delivered_before = sum(run.sink.delivered().values())
     deadline = time.monotonic() + DEADLINE_SECONDS
-    delivered = 0
+    delivered = sum(run.sink.delivered().values()) - delivered_before
     while delivered < s2s:
         if time.monotonic() > deadline:
-            raise SystemExit(f"the burst's postbacks were not delivered in time; logs in {run.workdir}")
+            run.fail(f"the burst's postbacks were not delivered in time ({delivered:,}/{s2s:,})")
         await asyncio.sleep(1.0)
         delivered = sum(run.sink.delivered().values()) - delivered_before
-        say(f"  {delivered:>7,} / {s2s:,} delivered ({time.monotonic() - started:5.1f}s)")
+        say(
+            f"  {delivered:>7,} / {s2s:,} delivered ({time.monotonic() - started:5.1f}s; "
+            f"{len(run.sink.received):,} requests received in all)"
+        )
     delivered_in = time.monotonic() - started
     say(
         f"{s2s:,} S2S postbacks delivered to the local sink {delivered_in:.1f}s after the burst was sent = "

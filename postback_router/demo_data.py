@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 OFFER_SOURCES: list[dict[str, Any]] = [
@@ -103,7 +104,13 @@ def campaigns_for(sink_url: str) -> list[dict[str, Any]]:
     return campaigns
 
 
-AT = "2026-11-22T09:{:02d}:00Z"
+# Relative to now: Meta refuses events older than 7 days, Microsoft than 90, so fixed dates would
+# stop working some day after they were written.
+_START = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+def minutes_after_start(minute: int) -> str:
+    return (_START + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z")
 
 
 def _conversion(cid: str, campaign: str, minute: int, **fields: Any) -> dict[str, Any]:
@@ -111,7 +118,7 @@ def _conversion(cid: str, campaign: str, minute: int, **fields: Any) -> dict[str
         "conversion_id": cid,
         "click_id": f"rt-{cid}",
         "campaign_id": campaign,
-        "occurred_at": AT.format(minute),
+        "occurred_at": minutes_after_start(minute),
         "click_ids": {"external_id": f"src-{cid}"},
         "user": {"email": f"{cid}@players.example", "ip": "203.0.113.7", "user_agent": "Mozilla/5.0"},
     }
@@ -190,7 +197,7 @@ CONVERSIONS: list[tuple[str, str, Any]] = [
     (
         "INVALID: no click_id",
         "cv-bad-3",
-        {"conversion_id": "cv-bad-3", "campaign_id": "casino-de", "occurred_at": AT.format(11)},
+        {"conversion_id": "cv-bad-3", "campaign_id": "casino-de", "occurred_at": minutes_after_start(11)},
     ),
     ("INVALID: unknown status", "cv-bad-4", _conversion("cv-bad-4", "casino-de", 12, status="paid")),
 ]

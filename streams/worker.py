@@ -12,7 +12,6 @@ The same consumer reads `campaign-rules` and `offer-sources` as a group member, 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import signal
 import time
@@ -26,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import CollectorRegistry
 
+from postback_router.diagnostics import dump_tasks
 from postback_router.kafka_io import send_all, until_done
 from postback_router.settings import Settings
 from streams.batch import ConversionBatchProcessor, MatcherConfig, OutgoingMessage, SourceRecord, utc_rfc3339
@@ -281,15 +281,6 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._worker.on_assigned(set(assigned))
-
-
-def dump_tasks() -> None:
-    """`kill -USR1 <pid>`: every asyncio task's stack in the log, to see where a stalled worker waits."""
-    buffer = io.StringIO()
-    for task in asyncio.all_tasks():
-        buffer.write(f"--- {task.get_name()}\n")
-        task.print_stack(limit=20, file=buffer)
-    log.warning("asyncio tasks:\n%s", buffer.getvalue())
 
 
 async def run_worker(settings: Settings) -> None:
