@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.schema_checks import full_validator
 from tests import factories as f
@@ -26,6 +28,25 @@ DISPATCH_ENV = {
 async def sink() -> AsyncIterator[S2SSink]:
     async with S2SSink() as running:
         yield running
+
+
+async def wait_until_consumed(deployment: Deployment, name: str, group_id: str, deadline: float = 60) -> None:
+    """Poll until `group_id` has committed past every record now in the topic (each was handled)."""
+    records = await deployment.read(name)
+    last = {r.partition: r.offset for r in records}
+    consumer = AIOKafkaConsumer(bootstrap_servers=deployment.bootstrap, group_id=group_id, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + deadline
+        while True:
+            committed = {p: await consumer.committed(TopicPartition(deployment.topic(name), p)) for p in last}
+            if all((committed[p] or 0) > offset for p, offset in last.items()):
+                return
+            assert loop.time() < stop_at, f"{group_id} did not consume {name}: committed {committed}, last {last}"
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
 
 
 def results_by_entry(records: list[Record]) -> dict[str, Counter[str]]:
@@ -98,3 +119,28 @@ async def test_retries_pending_at_a_stop_are_delivered_once_after_the_restart(
     assert Counter(r.json()["result"] for r in results) == Counter(delivered=10)
     assert Counter(r.query["cid"] for r in sink.delivered("/down")) == Counter({f"click-c{i}": 1 for i in range(10)})
     assert all(r.json()["attempts"] > 1 for r in results), "attempts made before the stop are counted"
+
+
+async def test_a_postback_already_delivered_is_not_sent_again_after_a_crash(
+    deployment: Deployment, sink: S2SSink
+) -> None:
+    deployment.extra_env.update(DISPATCH_ENV)
+    entry = f.s2s_entry("ok", url=sink.url("/ok?cid={clickid}"))
+    await deployment.produce("campaign-rules", [("camp-1", f.campaign("camp-1", entry))])
+    deployment.start_worker()
+    first = deployment.start_dispatcher()
+    await deployment.produce("conversions", [(f"c{i}", f.conversion(f"c{i}")) for i in range(10)])
+    await deployment.wait_for("postbacks.results", lambda r: len(r) >= 10, "10 results")
+    first.kill()  # SIGKILL: no drain, offsets maybe not committed
+    # the same postbacks once more on the topic, as a worker crash between produce and commit does
+    postbacks = await deployment.read("postbacks.s2s")
+    await deployment.produce("postbacks.s2s", [(r.key, r.value) for r in postbacks])
+    deployment.start_dispatcher()
+    await wait_until_consumed(deployment, "postbacks.s2s", f"{deployment.app_id}-dispatch-s2s")
+    marker = f.conversion("after-restart")
+    await deployment.produce("conversions", [("after-restart", marker)])
+    await deployment.wait_for("postbacks.results", lambda r: len(r) >= 11, "the marker's result")
+    assert Counter(r.query["cid"] for r in sink.delivered("/ok")) == Counter(
+        {**{f"click-c{i}": 1 for i in range(10)}, "click-after-restart": 1}
+    )
+    assert len(await deployment.read("postbacks.results")) == 11, "no second result for a delivered postback"
