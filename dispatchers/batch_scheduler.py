@@ -25,7 +25,6 @@ import itertools
 import logging
 import math
 import random
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,16 +38,14 @@ from dispatchers.outcome import Outcome, Verdict
 from dispatchers.platforms import google_ads, meta, microsoft_ads, tiktok
 from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.retry_policy import RetryPolicy, classify_transport_error
-from dispatchers.scheduler import (
+from dispatchers.scheduler import HALF_OPEN_RECHECK_SECONDS, MAX_IDLE_WAIT_SECONDS
+from dispatchers.scheduler_core import (
     DEFAULT_MAX_IN_FLIGHT,
     DEFAULT_REMEMBERED_FINALS,
-    DEFAULT_STOP_TIMEOUT_SECONDS,
-    FINAL_REPORT_GRACE_SECONDS,
-    HALF_OPEN_RECHECK_SECONDS,
-    MAX_IDLE_WAIT_SECONDS,
     FinalOutcome,
-    FinalResult,
-    PendingPostback,
+    Job,
+    SchedulerCore,
+    utc_now,
 )
 from dispatchers.secrets import Secret, SecretError, SecretStore
 
@@ -79,13 +76,6 @@ DEFAULT_LINGER_SECONDS = 0.05
 AUTH_EXPIRED = "auth_expired"
 # Exceptions a malformed postback (a missing field, a payout that is not a decimal) raises in a builder.
 _BAD_POSTBACK_ERRORS = (KeyError, TypeError, ValueError, AttributeError)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-# --- credentials -------------------------------------------------------------------------------------
 
 
 class CredentialsUnavailable(Exception):
@@ -190,24 +180,13 @@ def _final_auth(outcome: Outcome) -> Outcome:
 # --- queues --------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Job:
-    postback: dict[str, Any]
-    postback_id: str
-    destination_id: str
-    attempts: int
-    first_attempt_at: datetime | None
-    next_attempt_at: datetime
-    last_outcome: Outcome | None = None
-
-
 QueueKey = tuple[str, str, str]  # destination_id, platform batch_key, credentials secret name
 
 
 @dataclass(slots=True)
 class _Queue:
     key: QueueKey
-    heap: list[tuple[datetime, int, _Job]] = field(default_factory=list)
+    heap: list[tuple[datetime, int, Job]] = field(default_factory=list)
     workers: set[asyncio.Task[None]] = field(default_factory=set)
     busy: int = 0  # workers holding a batch they popped
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -224,7 +203,7 @@ class _Queue:
         return sum(1 for due, _, _ in self.heap if due <= now)
 
 
-class BatchDeliveryScheduler:
+class BatchDeliveryScheduler(SchedulerCore):
     """Delivers matched ad-platform postbacks in batches, with per-row verdicts, retries, limits and a breaker."""
 
     def __init__(
@@ -240,7 +219,7 @@ class BatchDeliveryScheduler:
         on_final: Callable[[FinalOutcome], Awaitable[None]],
         credentials: PlatformCredentials,
         linger_seconds: float = DEFAULT_LINGER_SECONDS,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         rand: Callable[[], float] = random.random,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         remembered_finals: int = DEFAULT_REMEMBERED_FINALS,
@@ -249,8 +228,13 @@ class BatchDeliveryScheduler:
             raise ValueError(f"kind must be one of {', '.join(PLATFORMS)}, got {kind!r}")
         if timeout_seconds <= 0 or linger_seconds < 0:
             raise ValueError("timeout_seconds must be positive and linger_seconds not negative")
-        if max_in_flight < 1 or remembered_finals < 0:
-            raise ValueError("max_in_flight must be at least 1 and remembered_finals at least 0")
+        super().__init__(
+            concurrency=concurrency,
+            on_final=on_final,
+            clock=clock,
+            max_in_flight=max_in_flight,
+            remembered_finals=remembered_finals,
+        )
         self.kind = kind
         self._platform = PLATFORMS[kind]
         self._max_batch: int = self._platform.MAX_BATCH
@@ -258,22 +242,12 @@ class BatchDeliveryScheduler:
         self._policy = policy
         self._breakers = breakers
         self._rate_limits = rate_limits
-        self._concurrency = concurrency
         self._timeout = timeout_seconds
-        self._on_final = on_final
         self._credentials = credentials
         self._linger = timedelta(seconds=linger_seconds)
-        self._clock = clock
         self._rand = rand
-        self._global_slots = asyncio.Semaphore(max_in_flight)
-        self._remembered_finals = remembered_finals
-        self._jobs: dict[str, _Job] = {}  # every postback not yet final, queued or in flight
-        self._finished: OrderedDict[str, None] = OrderedDict()
         self._queues: dict[QueueKey, _Queue] = {}
-        self._reports: set[asyncio.Task[None]] = set()
         self._order = itertools.count()
-        self._started = False
-        self._stopping = False
 
     # --- public API ----------------------------------------------------------------------------------
 
@@ -290,82 +264,14 @@ class BatchDeliveryScheduler:
         Same contract as `DeliveryScheduler.submit`. A postback whose platform fields are malformed is
         accepted and rejected (`invalid_postback`) when its turn comes, so one bad record never stops a batch.
         """
-        if self._stopping:
-            raise RuntimeError("the scheduler is stopping; persist the postback instead")
-        postback_id = postback.get("postback_id")
-        destination_id = postback.get("destination_id")
-        if not isinstance(postback_id, str) or not postback_id:
-            raise ValueError("postback has no postback_id")
-        if not isinstance(destination_id, str) or not destination_id:
-            raise ValueError("postback has no destination_id")
-        if attempts < 0:
-            raise ValueError("attempts must not be negative")
-        for name, value in (("first_attempt_at", first_attempt_at), ("not_before", not_before)):
-            if value is not None and value.utcoffset() is None:
-                raise ValueError(f"{name} must be timezone-aware")
-        if postback_id in self._jobs or postback_id in self._finished:
-            return
-        now = self._clock()
-        due = not_before if not_before is not None and not_before > now else now
-        job = _Job(postback, postback_id, destination_id, attempts, first_attempt_at, due)
-        self._jobs[postback_id] = job
-        self._push(self._queue_for(job), job, due)
+        job = self._accept(postback, attempts, first_attempt_at, not_before)
+        if job is not None:
+            self._push(self._queue_for(job), job, job.next_attempt_at)
 
-    async def start(self) -> None:
-        """Start delivering what was submitted so far and everything submitted from now on."""
-        if self._stopping:
-            raise RuntimeError("a stopped scheduler cannot be started again")
-        self._started = True
-        for queue in list(self._queues.values()):
-            self._spawn_workers(queue)
+    def _groups(self) -> list[_Queue]:
+        return list(self._queues.values())
 
-    async def drain(self, timeout: float) -> list[PendingPostback]:
-        """Stop starting requests, let in-flight ones finish for up to `timeout` s, cancel the rest.
-
-        Returns `pending()`. A cancelled request counts as an attempt for each of its rows (it may have
-        reached the platform, whose dedup keys make the repeat harmless) and they are due again at once.
-        """
-        self._stopping = True
-        for queue in self._queues.values():
-            queue.wake()
-        workers = [task for queue in self._queues.values() for task in queue.workers]
-        if workers:
-            _, unfinished = await asyncio.wait(workers, timeout=timeout)
-            for task in unfinished:
-                task.cancel()
-            await asyncio.gather(*unfinished, return_exceptions=True)
-        if self._reports:
-            _, unreported = await asyncio.wait(set(self._reports), timeout=FINAL_REPORT_GRACE_SECONDS)
-            for task in unreported:
-                log.error("on_final did not return within %.1fs of stopping; cancelled", FINAL_REPORT_GRACE_SECONDS)
-                task.cancel()
-            await asyncio.gather(*unreported, return_exceptions=True)
-        return self.pending()
-
-    async def stop(self) -> list[PendingPostback]:
-        return await self.drain(DEFAULT_STOP_TIMEOUT_SECONDS)
-
-    async def __aenter__(self) -> BatchDeliveryScheduler:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def pending(self) -> list[PendingPostback]:
-        """Every postback not yet final (queued, waiting for a retry, or in flight), oldest submission first."""
-        return [
-            PendingPostback(job.postback, job.attempts, job.first_attempt_at, job.next_attempt_at, job.last_outcome)
-            for job in self._jobs.values()
-        ]
-
-    def in_flight(self, destination_id: str) -> int:
-        """Requests of `destination_id` holding (or waiting for) a concurrency slot now."""
-        return self._concurrency.in_use(destination_id)
-
-    # --- queues and workers --------------------------------------------------------------------------
-
-    def _queue_for(self, job: _Job) -> _Queue:
+    def _queue_for(self, job: Job) -> _Queue:
         entry = job.postback.get("entry")
         credentials = entry.get("credentials") if isinstance(entry, dict) else None
         try:
@@ -379,7 +285,7 @@ class BatchDeliveryScheduler:
             queue = self._queues[key] = _Queue(key)
         return queue
 
-    def _push(self, queue: _Queue, job: _Job, due: datetime) -> None:
+    def _push(self, queue: _Queue, job: Job, due: datetime) -> None:
         job.next_attempt_at = due
         heapq.heappush(queue.heap, (due, next(self._order), job))
         queue.wake()
@@ -413,7 +319,7 @@ class BatchDeliveryScheduler:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(changed.wait(), min(wait.total_seconds(), MAX_IDLE_WAIT_SECONDS))
                     continue
-                batch: list[_Job] = []
+                batch: list[Job] = []
                 while queue.heap and queue.heap[0][0] <= now and len(batch) < self._max_batch:
                     batch.append(heapq.heappop(queue.heap)[2])
                 queue.busy += 1
@@ -432,7 +338,7 @@ class BatchDeliveryScheduler:
         # The length check first: the scan only runs once the heap could hold a full batch.
         return len(queue.heap) >= self._max_batch and queue.due_count(now) >= self._max_batch
 
-    def _requeue(self, queue: _Queue, job: _Job, due: datetime) -> None:
+    def _requeue(self, queue: _Queue, job: Job, due: datetime) -> None:
         job.next_attempt_at = due
         heapq.heappush(queue.heap, (due, next(self._order), job))
         queue.wake()
@@ -441,9 +347,9 @@ class BatchDeliveryScheduler:
 
     # --- one batch -------------------------------------------------------------------------------------
 
-    async def _attempt(self, queue: _Queue, batch: list[_Job]) -> None:
+    async def _attempt(self, queue: _Queue, batch: list[Job]) -> None:
         now = self._clock()
-        sendable: list[_Job] = []
+        sendable: list[Job] = []
         for job in batch:
             verdict = self._precheck(job, now)
             if verdict is None:
@@ -466,14 +372,14 @@ class BatchDeliveryScheduler:
             return
         await self._send(queue, sendable, credentials)
 
-    def _precheck(self, job: _Job, now: datetime) -> Outcome | None:
+    def _precheck(self, job: Job, now: datetime) -> Outcome | None:
         try:
             outcome: Outcome | None = self._platform.precheck(job.postback, now)
         except _BAD_POSTBACK_ERRORS as exc:
             return Outcome(Verdict.REJECTED, "invalid_postback", f"{type(exc).__name__}: {exc}"[:300])
         return outcome
 
-    async def _breaker_allows(self, queue: _Queue, jobs: list[_Job], now: datetime) -> bool:
+    async def _breaker_allows(self, queue: _Queue, jobs: list[Job], now: datetime) -> bool:
         destination_id = queue.destination_id
         breaker_now = now.timestamp()
         if self._breakers.allow(destination_id, breaker_now):
@@ -497,7 +403,7 @@ class BatchDeliveryScheduler:
                 self._requeue(queue, job, min(due, self._policy.deadline(job.first_attempt_at)))
         return False
 
-    async def _send(self, queue: _Queue, jobs: list[_Job], credentials: RequestCredentials) -> None:
+    async def _send(self, queue: _Queue, jobs: list[Job], credentials: RequestCredentials) -> None:
         """One request for `jobs`, plus one immediate repeat with a fresh token if the platform refused the token."""
         destination_id = queue.destination_id
         refreshed = False
@@ -538,15 +444,15 @@ class BatchDeliveryScheduler:
             return
 
     def _prepare(
-        self, jobs: list[_Job], credentials: RequestCredentials
-    ) -> tuple[list[_Job], HttpRequest | None, list[tuple[_Job, Outcome]]]:
+        self, jobs: list[Job], credentials: RequestCredentials
+    ) -> tuple[list[Job], HttpRequest | None, list[tuple[Job, Outcome]]]:
         """The request for `jobs`; a malformed postback is set aside (rejected) instead of failing its batch."""
         try:
             return jobs, self._build([job.postback for job in jobs], credentials), []
         except _BAD_POSTBACK_ERRORS:
             pass
-        good: list[_Job] = []
-        malformed: list[tuple[_Job, Outcome]] = []
+        good: list[Job] = []
+        malformed: list[tuple[Job, Outcome]] = []
         for job in jobs:
             try:
                 self._build([job.postback], credentials)
@@ -569,7 +475,7 @@ class BatchDeliveryScheduler:
         request: HttpRequest = self._platform.build_request(postbacks, **options)
         return request
 
-    async def _exchange(self, jobs: list[_Job], request: HttpRequest, credentials: RequestCredentials) -> list[Outcome]:
+    async def _exchange(self, jobs: list[Job], request: HttpRequest, credentials: RequestCredentials) -> list[Outcome]:
         """Send the request (counting an attempt for each row first) and classify the answer row by row."""
         started = self._clock()
         for job in jobs:
@@ -600,7 +506,7 @@ class BatchDeliveryScheduler:
 
     # --- verdicts --------------------------------------------------------------------------------------
 
-    async def _settle_all(self, queue: _Queue, jobs: Iterable[_Job], outcome: Outcome, *, count_attempt: bool) -> None:
+    async def _settle_all(self, queue: _Queue, jobs: Iterable[Job], outcome: Outcome, *, count_attempt: bool) -> None:
         """The same outcome for rows that were not sent (no credentials, token endpoint down)."""
         now = self._clock()
         for job in jobs:
@@ -611,7 +517,7 @@ class BatchDeliveryScheduler:
                 job.attempts += 1
         await self._settle(queue, [(job, outcome) for job in jobs])
 
-    async def _settle(self, queue: _Queue, results: list[tuple[_Job, Outcome]]) -> None:
+    async def _settle(self, queue: _Queue, results: list[tuple[Job, Outcome]]) -> None:
         now = self._clock()
         # One draw per request: rows retried together come back together and go out as one batch again.
         draw = self._rand()
@@ -626,7 +532,7 @@ class BatchDeliveryScheduler:
                 await self._retry_later(queue, job, outcome, now, first_attempt_at, draw)
 
     async def _retry_later(
-        self, queue: _Queue, job: _Job, outcome: Outcome, now: datetime, first_attempt_at: datetime, draw: float
+        self, queue: _Queue, job: Job, outcome: Outcome, now: datetime, first_attempt_at: datetime, draw: float
     ) -> None:
         if self._policy.give_up(first_attempt_at, now):
             await self._finalize(job, "dead_lettered", outcome, now, first_attempt_at)
@@ -638,35 +544,3 @@ class BatchDeliveryScheduler:
             # One last attempt at the deadline, unless the platform asked for a longer pause (as scheduler.py).
             due = max(deadline, now + timedelta(seconds=outcome.retry_after_seconds or 0.0))
         self._requeue(queue, job, due)
-
-    async def _finalize(
-        self, job: _Job, result: FinalResult, outcome: Outcome, now: datetime, first_attempt_at: datetime
-    ) -> None:
-        # Marked final before on_final runs, with no await in between: a resubmission from here on is ignored.
-        if self._jobs.pop(job.postback_id, None) is None:
-            return
-        if self._remembered_finals:
-            self._finished[job.postback_id] = None
-            if len(self._finished) > self._remembered_finals:
-                self._finished.popitem(last=False)
-        job.last_outcome = outcome
-        final = FinalOutcome(
-            postback=job.postback,
-            result=result,
-            attempts=job.attempts,
-            last_outcome=outcome,
-            latency_seconds=max((now - first_attempt_at).total_seconds(), 0.0),
-            first_attempt_at=first_attempt_at,
-            finished_at=now,
-        )
-        # Shielded in its own task, as in scheduler.py: a cancelled worker must not lose the record.
-        report = asyncio.create_task(self._report(final), name=f"postback-final:{job.postback_id}")
-        self._reports.add(report)
-        report.add_done_callback(self._reports.discard)
-        await asyncio.shield(report)
-
-    async def _report(self, final: FinalOutcome) -> None:
-        try:
-            await self._on_final(final)
-        except Exception:
-            log.exception("on_final failed for postback %s", final.postback.get("postback_id"))

@@ -37,7 +37,8 @@ from dispatchers.http_boundary import AiohttpTransport
 from dispatchers.oauth import OAuthTokenCache
 from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.retry_policy import RetryPolicy
-from dispatchers.scheduler import DeliveryScheduler, FinalOutcome, PendingPostback
+from dispatchers.scheduler import DeliveryScheduler
+from dispatchers.scheduler_core import FinalOutcome, PendingPostback
 from dispatchers.secrets import SecretStore
 from postback_router.changelog_store import ChangelogStore
 from postback_router.diagnostics import dump_tasks

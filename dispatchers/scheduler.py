@@ -26,30 +26,28 @@ import heapq
 import itertools
 import logging
 import random
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from dispatchers.circuit_breaker import CircuitBreakers
-from dispatchers.http_boundary import DEFAULT_CONNECTION_LIMIT, Transport
+from dispatchers.http_boundary import Transport
 from dispatchers.outcome import Outcome, Verdict
 from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.retry_policy import RetryPolicy
 from dispatchers.s2s import deliver_s2s
+from dispatchers.scheduler_core import (
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_REMEMBERED_FINALS,
+    FinalOutcome,
+    Job,
+    SchedulerCore,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
-FinalResult = Literal["delivered", "rejected", "dead_lettered"]
-
-# Requests in flight across all destinations. More than the transport's connection pool would only
-# queue inside aiohttp, where no per-destination isolation applies, so the default is the pool size.
-DEFAULT_MAX_IN_FLIGHT = DEFAULT_CONNECTION_LIMIT
-# Finalised postback_ids remembered to ignore a resubmission (a Kafka batch redelivered after a
-# rebalance). 100k ids is about 15 MB and covers far more than one uncommitted batch; the durable
-# dedupe across restarts belongs to the Kafka layer.
-DEFAULT_REMEMBERED_FINALS = 100_000
 # A half-open breaker whose probe is still in flight has no `open_until`; other postbacks of that
 # destination look again this much later. A probe lasts at most the request timeout, and a second of
 # extra delay after an endpoint recovered costs nothing.
@@ -57,56 +55,13 @@ HALF_OPEN_RECHECK_SECONDS = 1.0
 # A worker waiting for a due time looks at the clock at least this often, so a wall-clock step (NTP,
 # or a test clock moved forward) is noticed without every idle destination waking up often.
 MAX_IDLE_WAIT_SECONDS = 30.0
-# drain(): a final outcome already decided when the workers are cancelled gets this long to be
-# reported. Without it the destination has the postback and postbacks.results never hears of it.
-FINAL_REPORT_GRACE_SECONDS = 1.0
-DEFAULT_STOP_TIMEOUT_SECONDS = 10.0
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class FinalOutcome:
-    """How one postback ended: one record for postbacks.results (and the dead-letter topic unless delivered)."""
-
-    postback: dict[str, Any]
-    result: FinalResult
-    attempts: int
-    last_outcome: Outcome
-    latency_seconds: float  # first attempt start -> final, across restarts (first_attempt_at is persisted)
-    first_attempt_at: datetime
-    finished_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class PendingPostback:
-    """A postback not yet final, as a caller persists it to resume later with `submit(...)`."""
-
-    postback: dict[str, Any]
-    attempts: int
-    first_attempt_at: datetime | None  # None: never attempted
-    next_attempt_at: datetime
-    last_outcome: Outcome | None
-
-
-@dataclass(slots=True)
-class _Job:
-    postback: dict[str, Any]
-    postback_id: str
-    destination_id: str
-    attempts: int
-    first_attempt_at: datetime | None
-    next_attempt_at: datetime
-    last_outcome: Outcome | None = None
 
 
 @dataclass(slots=True)
 class _Destination:
     destination_id: str
     # (due, submission order, job): the order keeps postbacks due at the same time first-in first-out
-    queue: list[tuple[datetime, int, _Job]] = field(default_factory=list)
+    queue: list[tuple[datetime, int, Job]] = field(default_factory=list)
     workers: set[asyncio.Task[None]] = field(default_factory=set)
     # Replaced on every change; waiters hold the old one, so setting it wakes all of them at once.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -116,7 +71,7 @@ class _Destination:
         self.changed = asyncio.Event()
 
 
-class DeliveryScheduler:
+class DeliveryScheduler(SchedulerCore):
     """Delivers matched S2S postbacks with retries, per-destination isolation, limits and a breaker."""
 
     def __init__(
@@ -129,33 +84,28 @@ class DeliveryScheduler:
         concurrency: ConcurrencyLimits,
         timeout_seconds: float,
         on_final: Callable[[FinalOutcome], Awaitable[None]],
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utc_now,
         rand: Callable[[], float] = random.random,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         remembered_finals: int = DEFAULT_REMEMBERED_FINALS,
     ) -> None:
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
-        if max_in_flight < 1 or remembered_finals < 0:
-            raise ValueError("max_in_flight must be at least 1 and remembered_finals at least 0")
+        super().__init__(
+            concurrency=concurrency,
+            on_final=on_final,
+            clock=clock,
+            max_in_flight=max_in_flight,
+            remembered_finals=remembered_finals,
+        )
         self._transport = transport
         self._policy = policy
         self._breakers = breakers
         self._rate_limits = rate_limits
-        self._concurrency = concurrency
         self._timeout = timeout_seconds
-        self._on_final = on_final
-        self._clock = clock
         self._rand = rand
-        self._global_slots = asyncio.Semaphore(max_in_flight)
-        self._remembered_finals = remembered_finals
-        self._jobs: dict[str, _Job] = {}  # every postback not yet final, queued or in flight
-        self._finished: OrderedDict[str, None] = OrderedDict()
         self._destinations: dict[str, _Destination] = {}
-        self._reports: set[asyncio.Task[None]] = set()
         self._order = itertools.count()
-        self._started = False
-        self._stopping = False
 
     # --- public API ----------------------------------------------------------------------------------
 
@@ -173,82 +123,16 @@ class DeliveryScheduler:
         earlier run: its age keeps counting from the first attempt. Raises ValueError for a postback
         without a string `postback_id`/`destination_id` or a naive datetime, RuntimeError once stopping.
         """
-        if self._stopping:
-            raise RuntimeError("the scheduler is stopping; persist the postback instead")
-        postback_id = postback.get("postback_id")
-        destination_id = postback.get("destination_id")
-        if not isinstance(postback_id, str) or not postback_id:
-            raise ValueError("postback has no postback_id")
-        if not isinstance(destination_id, str) or not destination_id:
-            raise ValueError("postback has no destination_id")
-        if attempts < 0:
-            raise ValueError("attempts must not be negative")
-        for name, value in (("first_attempt_at", first_attempt_at), ("not_before", not_before)):
-            if value is not None and value.utcoffset() is None:
-                raise ValueError(f"{name} must be timezone-aware")
-        if postback_id in self._jobs or postback_id in self._finished:
-            return
-        now = self._clock()
-        due = not_before if not_before is not None and not_before > now else now
-        job = _Job(postback, postback_id, destination_id, attempts, first_attempt_at, due)
-        self._jobs[postback_id] = job
-        self._enqueue(job)
-
-    async def start(self) -> None:
-        """Start delivering what was submitted so far and everything submitted from now on."""
-        if self._stopping:
-            raise RuntimeError("a stopped scheduler cannot be started again")
-        self._started = True
-        for destination in list(self._destinations.values()):
-            self._spawn_workers(destination)
-
-    async def drain(self, timeout: float) -> list[PendingPostback]:
-        """Stop starting attempts, let in-flight ones finish for up to `timeout` s, cancel the rest.
-
-        Returns `pending()`: what a caller persists. A cancelled attempt counts as an attempt (the
-        request may have reached the destination) and is due again at once when resumed.
-        """
-        self._stopping = True
-        for destination in self._destinations.values():
-            destination.wake()
-        workers = [task for d in self._destinations.values() for task in d.workers]
-        if workers:
-            _, unfinished = await asyncio.wait(workers, timeout=timeout)
-            for task in unfinished:
-                task.cancel()
-            await asyncio.gather(*unfinished, return_exceptions=True)
-        if self._reports:
-            _, unreported = await asyncio.wait(set(self._reports), timeout=FINAL_REPORT_GRACE_SECONDS)
-            for task in unreported:
-                log.error("on_final did not return within %.1fs of stopping; cancelled", FINAL_REPORT_GRACE_SECONDS)
-                task.cancel()
-            await asyncio.gather(*unreported, return_exceptions=True)
-        return self.pending()
-
-    async def stop(self) -> list[PendingPostback]:
-        return await self.drain(DEFAULT_STOP_TIMEOUT_SECONDS)
-
-    async def __aenter__(self) -> DeliveryScheduler:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def pending(self) -> list[PendingPostback]:
-        """Every postback not yet final (queued, waiting for a retry, or in flight), oldest submission first."""
-        return [
-            PendingPostback(job.postback, job.attempts, job.first_attempt_at, job.next_attempt_at, job.last_outcome)
-            for job in self._jobs.values()
-        ]
-
-    def in_flight(self, destination_id: str) -> int:
-        """Attempts of `destination_id` holding a concurrency slot now (for metrics and tests)."""
-        return self._concurrency.in_use(destination_id)
+        job = self._accept(postback, attempts, first_attempt_at, not_before)
+        if job is not None:
+            self._enqueue(job)
 
     # --- queues and workers --------------------------------------------------------------------------
 
-    def _enqueue(self, job: _Job) -> None:
+    def _groups(self) -> list[_Destination]:
+        return list(self._destinations.values())
+
+    def _enqueue(self, job: Job) -> None:
         destination = self._destinations.get(job.destination_id)
         if destination is None:
             destination = self._destinations[job.destination_id] = _Destination(job.destination_id)
@@ -292,14 +176,14 @@ class DeliveryScheduler:
             if not destination.workers and not destination.queue:
                 self._destinations.pop(destination.destination_id, None)
 
-    def _requeue(self, destination: _Destination, job: _Job, due: datetime) -> None:
+    def _requeue(self, destination: _Destination, job: Job, due: datetime) -> None:
         job.next_attempt_at = due
         heapq.heappush(destination.queue, (due, next(self._order), job))
         destination.wake()
 
     # --- one attempt -----------------------------------------------------------------------------------
 
-    async def _attempt(self, destination: _Destination, job: _Job) -> None:
+    async def _attempt(self, destination: _Destination, job: Job) -> None:
         destination_id = destination.destination_id
         now = self._clock()
         breaker_now = now.timestamp()
@@ -356,7 +240,7 @@ class DeliveryScheduler:
         await self._settle(destination, job, outcome, finished, first_attempt_at)
 
     async def _settle(
-        self, destination: _Destination, job: _Job, outcome: Outcome, now: datetime, first_attempt_at: datetime
+        self, destination: _Destination, job: Job, outcome: Outcome, now: datetime, first_attempt_at: datetime
     ) -> None:
         if outcome.verdict in (Verdict.DELIVERED, Verdict.DUPLICATE):
             await self._finalize(job, "delivered", outcome, now, first_attempt_at)
@@ -374,37 +258,3 @@ class DeliveryScheduler:
                 floor = now + timedelta(seconds=outcome.retry_after_seconds or 0.0)
                 due = max(deadline, floor)
             self._requeue(destination, job, due)
-
-    async def _finalize(
-        self, job: _Job, result: FinalResult, outcome: Outcome, now: datetime, first_attempt_at: datetime
-    ) -> None:
-        # Marked final before on_final runs, with no await in between: a resubmission from here on is ignored.
-        del self._jobs[job.postback_id]
-        if self._remembered_finals:
-            self._finished[job.postback_id] = None
-            if len(self._finished) > self._remembered_finals:
-                self._finished.popitem(last=False)
-        final = FinalOutcome(
-            postback=job.postback,
-            result=result,
-            attempts=job.attempts,
-            last_outcome=outcome,
-            latency_seconds=max((now - first_attempt_at).total_seconds(), 0.0),
-            first_attempt_at=first_attempt_at,
-            finished_at=now,
-        )
-        # Reported in its own task, shielded: cancelling a worker in drain() must not cut off the
-        # record of a postback the destination already has. The worker still waits for it, so a slow
-        # on_final (a producer under back-pressure) slows this destination's deliveries down.
-        report = asyncio.create_task(self._report(final), name=f"postback-final:{job.postback_id}")
-        self._reports.add(report)
-        report.add_done_callback(self._reports.discard)
-        await asyncio.shield(report)
-
-    async def _report(self, final: FinalOutcome) -> None:
-        try:
-            await self._on_final(final)
-        except Exception:
-            # The caller commits its Kafka offset only after on_final returns, so a failed report is
-            # redelivered after a restart; here it is logged and the worker carries on.
-            log.exception("on_final failed for postback %s", final.postback.get("postback_id"))

@@ -25,7 +25,7 @@ from dispatchers.oauth import OAuthTokenCache
 from dispatchers.platforms import microsoft_ads
 from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.retry_policy import RetryPolicy
-from dispatchers.scheduler import FinalOutcome
+from dispatchers.scheduler_core import FinalOutcome
 from dispatchers.secrets import SecretStore, env_var_name
 from tests.fakes.platforms import (
     SAMPLE_ENTRIES,

@@ -21,7 +21,8 @@ from dispatchers.circuit_breaker import BreakerConfig, BreakerState, CircuitBrea
 from dispatchers.http_boundary import AiohttpTransport, HandlerTransport, HttpRequest, HttpResponse, Transport
 from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.retry_policy import RetryPolicy
-from dispatchers.scheduler import DeliveryScheduler, FinalOutcome
+from dispatchers.scheduler import DeliveryScheduler
+from dispatchers.scheduler_core import FinalOutcome
 from tests import factories as f
 from tests.fakes.s2s_sink import S2SSink
 
