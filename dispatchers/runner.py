@@ -29,11 +29,13 @@ from typing import Any, Protocol
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
+from prometheus_client import CollectorRegistry
 
 from dispatchers.batch_scheduler import BatchDeliveryScheduler, PlatformCredentials
-from dispatchers.circuit_breaker import CircuitBreakers
+from dispatchers.circuit_breaker import BreakerState, CircuitBreakers
 from dispatchers.delivery_state import DeliveryState, decode_delivery_state, encode_delivery_state
 from dispatchers.http_boundary import AiohttpTransport
+from dispatchers.metrics import DispatcherGauges, DispatcherMetrics, MeteredTransport, bounded_reason
 from dispatchers.oauth import OAuthTokenCache
 from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.retry_policy import RetryPolicy
@@ -41,8 +43,10 @@ from dispatchers.scheduler import DeliveryScheduler
 from dispatchers.scheduler_core import FinalOutcome, PendingPostback
 from dispatchers.secrets import SecretStore
 from postback_router.changelog_store import ChangelogStore
+from postback_router.consumer_health import ConsumerLag, KafkaHealth
 from postback_router.diagnostics import dump_tasks
 from postback_router.kafka_io import send_all, until_done
+from postback_router.ops_http import Readiness, new_registry, ops_server
 from postback_router.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,8 +117,10 @@ class PostbackScheduler(Protocol):
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, kind: str) -> None:
+    def __init__(self, settings: Settings, kind: str, process: ProcessHealth | None = None) -> None:
         self.kind = kind
+        self.process = process or ProcessHealth(new_registry("dispatcher"), [kind])
+        self.metrics = self.process.metrics
         self.settings = settings
         self.topic = settings.topics.postbacks[self.kind]
         self.group_id = f"{settings.app_id}-dispatch-{self.kind}"
@@ -125,6 +131,7 @@ class Dispatcher:
             Path(settings.state_dir) / self.group_id,
         )
         self._transport = AiohttpTransport(allow_private_targets=settings.allow_private_targets)
+        self._metered = MeteredTransport(self._transport, self.metrics, kind)
         # Shared by the schedulers of successive assignments, so that a rebalance does not reset
         # an open breaker and hammer a failing endpoint again.
         self._breakers = CircuitBreakers()
@@ -155,16 +162,24 @@ class Dispatcher:
             "on_final": self._on_final,
         }
         if self.kind == "s2s":
-            return DeliveryScheduler(self._transport, **common)
-        return BatchDeliveryScheduler(self._transport, kind=self.kind, credentials=self._credentials, **common)
+            return DeliveryScheduler(self._metered, **common)
+        return BatchDeliveryScheduler(self._metered, kind=self.kind, credentials=self._credentials, **common)
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def pending_count(self) -> int:
+        """Postbacks accepted by this dispatcher and not final yet."""
+        return len(self._partition_of)
+
+    def breaker_states(self) -> list[tuple[str, BreakerState]]:
+        return list(self._breakers.states().items())
 
     async def run(self) -> None:
         settings = self.settings
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=1)
         await self._producer.start()
+        self.process.readiness.set("kafka", True)
         await self._transport.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers,
@@ -176,8 +191,11 @@ class Dispatcher:
             isolation_level="read_committed",
         )
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
+        lag: asyncio.Task[None] | None = None
         try:
             await self._consumer.start()
+            self.process.readiness.set(f"consumer:{self.kind}", True)
+            lag = asyncio.create_task(self.process.lag.run(self._consumer), name=f"consumer-lag:{self.kind}")
             log.info("dispatching %s from %s as group %s", self.kind, self.topic, self.group_id)
             while not self._stopping.is_set():
                 batches = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=1000)
@@ -186,6 +204,9 @@ class Dispatcher:
                         await self._accept(batches)
                     await self._commit()
         finally:
+            self.process.readiness.set(f"consumer:{self.kind}", False)
+            if lag is not None:
+                lag.cancel()
             async with self._lock:
                 await self._park_pending()
                 await self._commit()
@@ -211,6 +232,7 @@ class Dispatcher:
                     continue
                 pid = postback["postback_id"]
                 if pid in self._partition_of or self.store.get_raw(pid.encode(), tp.partition) is not None:
+                    self.metrics.duplicates.labels(self.kind).inc()
                     continue  # already pending or final: never delivered twice
                 self._partition_of[pid] = tp.partition
                 accepted.append((tp.partition, postback))
@@ -231,11 +253,32 @@ class Dispatcher:
         records = [(self.settings.topics.results, pid.encode(), orjson.dumps(result_record(final)))]
         if final.result != "delivered":
             records.append((self.settings.topics.dead_letter, pid.encode(), orjson.dumps(dead_letter_record(final))))
-        await until_done(lambda: self._produce(records), "writing a delivery result")
-        log.info("postback %s %s after %d attempt(s)", pid, final.result, final.attempts)
+        await until_done(lambda: self._produce(records), "writing a delivery result", self.process.kafka_health)
+        self._count_final(final)
+        postback = final.postback
+        log.info(
+            "postback %s after %d attempt(s): %s",
+            final.result,
+            final.attempts,
+            final.last_outcome.reason,
+            extra={
+                "postback_id": pid,
+                "conversion_id": postback.get("conversion_id"),
+                "kind": self.kind,
+                "destination_id": postback.get("destination_id"),
+            },
+        )
         if partition is not None:
             state = DeliveryState("final", int(time.time()), final.attempts, None, final.result, None)
             await self._write_states([(partition, pid.encode(), state)])
+
+    def _count_final(self, final: FinalOutcome) -> None:
+        metrics = self.metrics
+        metrics.deliveries.labels(self.kind, final.result).inc()
+        if final.result == "delivered":
+            metrics.delivered_at(self.kind, final.postback.get("occurred_at"), final.finished_at)
+        else:
+            metrics.dead_letters.labels(self.kind, bounded_reason(final.last_outcome.reason)).inc()
 
     async def _park_pending(self) -> None:
         """Drain the scheduler and write back what is still pending, with its attempts so far."""
@@ -258,7 +301,9 @@ class Dispatcher:
             (topic, key, encode_delivery_state(state)) for _, key, state in states
         ]
         partitions = [partition for partition, _, _ in states]
-        offsets = await until_done(lambda: self._produce(records, partitions), "writing delivery state")
+        offsets = await until_done(
+            lambda: self._produce(records, partitions), "writing delivery state", self.process.kafka_health
+        )
         for (partition, key, state), offset in zip(states, offsets, strict=True):
             self.store.apply(partition, key, encode_delivery_state(state), offset)
 
@@ -274,7 +319,13 @@ class Dispatcher:
     async def _produce_undecodable(self, rejected: list[tuple[bytes | None, dict[str, Any]]]) -> None:
         # Not a postback (no trustworthy postback_id): kept in dead-letter with its bytes, no result record.
         records = [(self.settings.topics.dead_letter, key, orjson.dumps(dead)) for key, dead in rejected]
-        await until_done(lambda: self._produce(records), "writing an undecodable postback to dead-letter")
+        await until_done(
+            lambda: self._produce(records), "writing an undecodable postback to dead-letter", self.process.kafka_health
+        )
+        self.metrics.dead_letters.labels(self.kind, "invalid_message").inc(len(records))
+        log.warning(
+            "%d undecodable record(s) on %s kept in %s", len(records), self.topic, self.settings.topics.dead_letter
+        )
 
     async def _commit(self) -> None:
         if not self._processed or self._consumer is None:
@@ -287,7 +338,10 @@ class Dispatcher:
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
+            state_check = f"state:{self.kind}"
+            self.process.readiness.set(state_check, False)
             await self.store.assign({tp.partition for tp in assigned if tp.topic == self.topic})
+            self.process.readiness.set(state_check, True)
             resumed = 0
             for partition, key, raw in self.store.items():
                 state = decode_delivery_state(raw)
@@ -363,10 +417,31 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._dispatcher.on_assigned(set(assigned))
 
 
+class ProcessHealth:
+    """What the dispatchers of one process share: registry, metrics, readiness, lag and Kafka health."""
+
+    def __init__(self, registry: CollectorRegistry, kinds: list[str]) -> None:
+        self.registry = registry
+        self.metrics = DispatcherMetrics(registry)
+        checks = ["kafka"] + [f"{prefix}:{kind}" for kind in kinds for prefix in ("consumer", "state")]
+        self.readiness = Readiness(registry, checks)
+        for kind in kinds:
+            self.readiness.set(f"state:{kind}", True)  # nothing to restore until partitions are assigned
+        self.kafka_health = KafkaHealth(registry, self.readiness)
+        self.lag = ConsumerLag(registry)
+
+
 async def run_dispatcher(settings: Settings, kind: str) -> None:
     """Run the dispatcher of one kind, or of every kind (`all`) side by side, until SIGTERM/SIGINT."""
     kinds = list(settings.topics.postbacks) if kind == "all" else [kind]
-    dispatchers = [Dispatcher(settings, k) for k in kinds]
+    process = ProcessHealth(new_registry("dispatcher"), kinds)
+    dispatchers = [Dispatcher(settings, k, process) for k in kinds]
+    process.registry.register(
+        DispatcherGauges(
+            pending=lambda: [(d.kind, d.pending_count()) for d in dispatchers],
+            breakers=lambda: [item for d in dispatchers for item in d.breaker_states()],
+        )
+    )
     loop = asyncio.get_running_loop()
 
     def stop_all() -> None:
@@ -376,4 +451,9 @@ async def run_dispatcher(settings: Settings, kind: str) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_all)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-    await asyncio.gather(*(dispatcher.run() for dispatcher in dispatchers))
+    server = ops_server(settings.http_host, settings.http_port, process.registry, process.readiness)
+    await server.start()
+    try:
+        await asyncio.gather(*(dispatcher.run() for dispatcher in dispatchers))
+    finally:
+        await server.stop()

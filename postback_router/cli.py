@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import dataclasses
 import signal
 import sys
 from typing import NoReturn
@@ -11,6 +11,7 @@ from typing import NoReturn
 import click
 
 from postback_router import __version__
+from postback_router.logs import configure_logging
 from postback_router.settings import Settings, SettingsError, load_settings
 
 
@@ -74,13 +75,26 @@ def topics() -> None:
         click.echo(f"{topic}\t{partitions} partitions")
 
 
+_HTTP_PORT = click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port of /metrics, /healthz and /readyz (and the api's routes); overrides HTTP_PORT; 0: none.",
+)
+
+
+def _with_http_port(settings: Settings, http_port: int | None) -> Settings:
+    return settings if http_port is None else dataclasses.replace(settings, http_port=http_port)
+
+
 @main.command()
-def worker() -> None:
+@_HTTP_PORT
+def worker(http_port: int | None) -> None:
     """Run the stream processor: match conversions with campaign rules, emit postbacks."""
     from postback_router.topics import ensure_topics
     from streams.worker import run_worker
 
-    settings = _settings()
+    settings = _with_http_port(_settings(), http_port)
     _configure_logging(settings)
     try:
         asyncio.run(ensure_topics(settings))
@@ -97,12 +111,13 @@ def worker() -> None:
     show_default=True,
     help="Which postbacks.<kind> topic to deliver; `all` runs one dispatcher per kind in this process.",
 )
-def dispatch(kind: str) -> None:
+@_HTTP_PORT
+def dispatch(kind: str, http_port: int | None) -> None:
     """Deliver matched postbacks: each once, with retries; outcomes to postbacks.results."""
     from dispatchers.runner import run_dispatcher
     from postback_router.topics import ensure_topics
 
-    settings = _settings()
+    settings = _with_http_port(_settings(), http_port)
     _configure_logging(settings)
     try:
         asyncio.run(ensure_topics(settings))
@@ -111,11 +126,28 @@ def dispatch(kind: str) -> None:
     asyncio.run(run_dispatcher(settings, kind))
 
 
+@main.command()
+@_HTTP_PORT
+def api(http_port: int | None) -> None:
+    """Run the HTTP API: manage rules and offer sources, take conversions in (see /openapi.json)."""
+    from postback_router.api.server import run_api
+    from postback_router.topics import ensure_topics
+
+    settings = _with_http_port(_settings(), http_port)
+    if settings.api_token is None:
+        _fail("API_TOKEN is not set: the api needs a bearer token for its management routes (16+ characters)")
+    if settings.http_port == 0:
+        _fail("HTTP_PORT=0: the api needs a port to listen on")
+    _configure_logging(settings)
+    try:
+        asyncio.run(ensure_topics(settings))
+    except RuntimeError as exc:
+        _fail(str(exc))
+    asyncio.run(run_api(settings))
+
+
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-    )
-    logging.getLogger("aiokafka").setLevel(settings.kafka_log_level)
+    configure_logging(settings.log_level, settings.kafka_log_level, settings.log_format)
 
 
 if __name__ == "__main__":

@@ -24,12 +24,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+import aiohttp
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 
 from postback_router.demo_data import CAMPAIGNS, CONVERSIONS, OFFER_SOURCES, campaigns_for
 from postback_router.demo_sink import DemoSink
-from postback_router.embedded_broker import kafka_for_local_use
+from postback_router.embedded_broker import free_loopback_port, kafka_for_local_use
 from postback_router.kafka_io import produce, read_topic
 from postback_router.settings import Topics, load_settings
 from postback_router.topics import ensure_topics
@@ -97,12 +98,14 @@ class DemoRun:
     workdir: str
     platforms: DemoPlatforms
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    http_ports: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str, env: dict[str, str], *args: str) -> None:
+        self.http_ports[name] = free_loopback_port()
         with open(os.path.join(self.workdir, f"{name}.log"), "wb") as log:
             self.processes[name] = subprocess.Popen(
                 [sys.executable, "-m", "postback_router.cli", *args],
-                env=env,
+                env={**env, "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(self.http_ports[name])},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -161,6 +164,21 @@ REASONS = {
     "payout": "payout below the entry's min_payout",
     "duplicate": "already fired for this conversion, status and type",
 }
+
+
+SHOWN_METRICS = (
+    "postback_conversions_consumed_total",
+    "postback_conversions_invalid_total",
+    "postback_matched_total",
+    "postback_filtered_total",
+    "postback_rules_campaigns",
+    "postback_deliveries_total",
+    "postback_dead_letter_total",
+    "postback_delivery_attempts_total",
+    "postback_end_to_end_seconds_count",
+    "postback_consumer_lag",
+    "postback_ready",
+)
 
 
 async def run_demo() -> None:
@@ -263,6 +281,27 @@ async def publish_and_report(run: DemoRun, campaigns: list[dict[str, Any]]) -> N
     )
     await report_deliveries(run, sum(per_topic.values()), postbacks)
     await measure_throughput(run)
+    await show_metrics(run)
+
+
+async def show_metrics(run: DemoRun) -> None:
+    """What an SRE sees: /readyz and the service's own series from /metrics of each process."""
+    heading("Operations: /readyz and /metrics of each process (what Prometheus scrapes)")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        for name, port in run.http_ports.items():
+            base = f"http://127.0.0.1:{port}"
+            async with session.get(base + "/readyz") as response:
+                say(f"{name}: GET {base}/readyz -> {response.status} {await response.text()}")
+            async with session.get(base + "/metrics") as response:
+                text = await response.text()
+            shown = [
+                line
+                for line in text.splitlines()
+                if line.startswith(SHOWN_METRICS) and not line.endswith(" 0.0") and "_bucket{" not in line
+            ]
+            say(f"{name}: {len(text.splitlines())} lines at {base}/metrics; the service's non-zero series:")
+            for line in shown:
+                say(f"  {line}")
 
 
 async def report_deliveries(run: DemoRun, expected: int, postbacks: dict[str, dict[str, Any]]) -> None:

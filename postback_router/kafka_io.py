@@ -51,18 +51,31 @@ async def send_all(producer: AIOKafkaProducer, records: list[Outgoing]) -> list[
     return [metadata.offset for metadata in await asyncio.gather(*pending)]
 
 
-async def until_done(operation: Callable[[], Awaitable[Any]], what: str) -> Any:
-    """Retry `operation` until it succeeds, backing off; the caller's input stays uncommitted meanwhile."""
+async def until_done(
+    operation: Callable[[], Awaitable[Any]], what: str, on_result: Callable[[str, bool], None] | None = None
+) -> Any:
+    """Retry `operation` until it succeeds, backing off; the caller's input stays uncommitted meanwhile.
+
+    `on_result(what, ok)` hears of every failure and of the success that ends them (readiness, metrics).
+    """
     delay = RETRY_INITIAL_SECONDS
+    failed = False
     while True:
         try:
-            return await operation()
+            result = await operation()
         except asyncio.CancelledError:
             raise
         except Exception:
+            failed = True
+            if on_result is not None:
+                on_result(what, False)
             log.exception("%s failed; retrying in %.1fs", what, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
+            continue
+        if failed and on_result is not None:
+            on_result(what, True)
+        return result
 
 
 @dataclass

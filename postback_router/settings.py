@@ -67,6 +67,9 @@ class Topics:
     results: str
     dead_letter: str
     evaluations: str
+    # Compacted: the non-personal fields of each conversion taken in by the api, so that
+    # PATCH /v1/conversions/{id} can publish an update of it (see postback_router/api).
+    conversion_index: str = "conversions.index"
     prefix: str = ""
 
     def invalid(self, topic: str) -> str:
@@ -74,7 +77,7 @@ class Topics:
 
     @property
     def compacted(self) -> tuple[str, ...]:
-        return (self.campaign_rules, self.offer_sources)
+        return (self.campaign_rules, self.offer_sources, self.conversion_index)
 
     def all(self) -> tuple[str, ...]:
         return (
@@ -88,6 +91,7 @@ class Topics:
             self.results,
             self.dead_letter,
             self.evaluations,
+            self.conversion_index,
         )
 
 
@@ -120,6 +124,14 @@ class Settings:
     destination_rate_limit: RateLimit | None = None
     # PlatformCredentials keyword -> URL, only for those set (tests and proxies; the defaults are the platforms')
     platform_urls: Mapping[str, str] = field(default_factory=dict)
+    # The HTTP server of every process (/metrics, /healthz, /readyz; the api's routes too). Port 0: none.
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    log_format: str = "json"
+    # `postback-router api` only. Secrets: kept out of repr() so that they never reach a log line.
+    api_token: str | None = field(default=None, repr=False)
+    intake_secret: str | None = field(default=None, repr=False)
+    api_max_body_bytes: int = 1_048_576
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def delivery_state_changelog(self, kind: str) -> str:
@@ -195,6 +207,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         results=_topic(env, prefix, "TOPIC_RESULTS", f"{postbacks_prefix}.results"),
         dead_letter=_topic(env, prefix, "TOPIC_DEAD_LETTER", f"{postbacks_prefix}.dead-letter"),
         evaluations=_topic(env, prefix, "TOPIC_EVALUATIONS", "conversions.evaluated"),
+        conversion_index=_topic(env, prefix, "TOPIC_CONVERSION_INDEX", "conversions.index"),
         prefix=prefix,
     )
     default_status = env.get("DEFAULT_STATUS", "approved")
@@ -225,6 +238,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
     sweep_interval = parse_duration("FIRED_STATE_SWEEP_INTERVAL", sweep_raw)
     if sweep_interval <= 0:
         raise SettingsError(f"FIRED_STATE_SWEEP_INTERVAL={sweep_raw!r}: must be more than 0")
+    log_format = env.get("LOG_FORMAT", "json").strip().lower()
+    if log_format not in ("json", "text"):
+        raise SettingsError(f"LOG_FORMAT={log_format!r}: must be json (production) or text (a terminal)")
     return Settings(
         bootstrap_servers=bootstrap,
         app_id=env.get("APP_ID", "postback-router"),
@@ -252,4 +268,20 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         destination_concurrency=_int("DESTINATION_CONCURRENCY", env.get("DESTINATION_CONCURRENCY", "8"), 1, 1000),
         destination_rate_limit=_rate("DESTINATION_RATE_LIMIT", env.get("DESTINATION_RATE_LIMIT", "none")),
         platform_urls=_platform_urls(env),
+        http_host=env.get("HTTP_HOST", "0.0.0.0").strip() or "0.0.0.0",
+        http_port=_int("HTTP_PORT", env.get("HTTP_PORT", "8080"), 0, 65535),
+        log_format=log_format,
+        api_token=_secret("API_TOKEN", env.get("API_TOKEN", "")),
+        intake_secret=_secret("INTAKE_SECRET", env.get("INTAKE_SECRET", "")),
+        api_max_body_bytes=_int("API_MAX_BODY_BYTES", env.get("API_MAX_BODY_BYTES", "1048576"), 1024, 67_108_864),
     )
+
+
+def _secret(name: str, raw: str) -> str | None:
+    """A shared secret, or None when unset; too short a one is refused (the message never shows it)."""
+    value = raw.strip()
+    if not value:
+        return None
+    if len(value) < 16:
+        raise SettingsError(f"{name} is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+    return value

@@ -25,8 +25,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import CollectorRegistry
 
+from postback_router.consumer_health import ConsumerLag, KafkaHealth
 from postback_router.diagnostics import dump_tasks
 from postback_router.kafka_io import send_all, until_done
+from postback_router.ops_http import Readiness, new_registry, ops_server
 from postback_router.settings import Settings
 from streams.batch import ConversionBatchProcessor, MatcherConfig, OutgoingMessage, SourceRecord, utc_rfc3339
 from streams.compacted_view import CompactedTopicView
@@ -48,8 +50,12 @@ class MatchingWorker:
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.topics = settings.topics
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or new_registry("worker")
         self.metrics = WorkerMetrics(self.registry)
+        # /readyz: connected (kafka), both views recovered (SPEC 2.8), in the group, fired-state restored.
+        self.readiness = Readiness(self.registry, ("kafka", "views_recovered", "consumer", "fired_state"))
+        self._kafka_health = KafkaHealth(self.registry, self.readiness)
+        self._lag = ConsumerLag(self.registry)
         bootstrap = settings.bootstrap_servers
         self.rules: CompactedTopicView[CampaignRules] = CompactedTopicView(
             bootstrap, self.topics.campaign_rules, parse_campaign_rules, self.metrics.rules_campaigns.set
@@ -91,8 +97,18 @@ class MatchingWorker:
 
     async def run(self) -> None:
         settings = self.settings
+        server = ops_server(settings.http_host, settings.http_port, self.registry, self.readiness)
+        await server.start()
+        try:
+            await self._run()
+        finally:
+            await server.stop()
+
+    async def _run(self) -> None:
+        settings = self.settings
         self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=1)
         await self._producer.start()
+        self.readiness.set("kafka", True)
         views = (self.rules, self.offer_sources)
         try:
             for view in views:
@@ -100,6 +116,7 @@ class MatchingWorker:
             # SPEC 2.8: nothing is evaluated before both views hold everything in their topics.
             for view in views:
                 await view.wait_recovered()
+            self.readiness.set("views_recovered", True)
             log.info(
                 "rules and offer sources recovered (%d campaigns, %d offer sources); matching conversions",
                 len(self.rules),
@@ -120,15 +137,20 @@ class MatchingWorker:
                 listener=_Rebalance(self),
             )
             await self._consumer.start()
+            self.readiness.set("consumer", True)
+            self.readiness.set("fired_state", True)  # until an assignment restores some
             sweeper = asyncio.create_task(self._sweep_periodically(), name="fired-state-sweep")
+            lag = asyncio.create_task(self._lag.run(self._consumer), name="consumer-lag")
             try:
                 await self._loop()
             finally:
                 sweeper.cancel()
+                lag.cancel()
         finally:
             await self._shutdown(views)
 
     async def _shutdown(self, views: tuple[CompactedTopicView[Any], ...]) -> None:
+        self.readiness.set("consumer", False)
         if self._consumer is not None:
             async with self._lock:
                 await self._commit()
@@ -174,11 +196,11 @@ class MatchingWorker:
             else:
                 messages.extend(self._check_compacted_records(tp, records))
         if conversions:
-            await until_done(self._catch_up_views, "reading the latest rules")
+            await until_done(self._catch_up_views, "reading the latest rules", self._kafka_health)
             owned = [r for r in conversions if r.partition in self.store.partitions]
             result = self.processor.process(owned)
             messages.extend(result.messages)
-            await until_done(lambda: self._produce(messages), "producing a batch")
+            await until_done(lambda: self._produce(messages), "producing a batch", self._kafka_health)
             # only now: a crash before this line repeats postbacks (same ids), never loses them
             changelog = [
                 OutgoingMessage(self.store.changelog_topic, cid.encode("utf-8"), encode_fired_record(record))
@@ -186,14 +208,15 @@ class MatchingWorker:
             ]
             partitions = [record.partition for record in result.fired_updates.values()]
             offsets = await until_done(
-                lambda: self._produce(changelog, partitions), "writing the fired-state changelog"
+                lambda: self._produce(changelog, partitions), "writing the fired-state changelog", self._kafka_health
             )
             for message, partition, offset in zip(changelog, partitions, offsets, strict=True):
                 assert message.key is not None
                 self.store.apply(partition, message.key, message.value, offset)
             self._count(result, len(owned), time.perf_counter() - started)
+            self._log_refused(result.messages)
         elif messages:
-            await until_done(lambda: self._produce(messages), "producing invalid-record messages")
+            await until_done(lambda: self._produce(messages), "producing invalid-record messages", self._kafka_health)
         owned_partitions = self.store.partitions
         for tp, records in batches.items():
             # a partition revoked before this batch ran is not ours to commit: its new owner re-reads it
@@ -242,10 +265,29 @@ class MatchingWorker:
         for reason, count in result.filtered.items():
             metrics.filtered.labels(reason).inc(count)
 
+    def _log_refused(self, messages: list[OutgoingMessage]) -> None:
+        invalid_topic = self.topics.invalid(self.topics.conversions)
+        for message in messages:
+            if message.topic == invalid_topic and message.value is not None:
+                body = orjson.loads(message.value)
+                source = body["source"]
+                log.warning(
+                    "conversion refused (%s), kept in %s",
+                    body["error"]["reason"],
+                    invalid_topic,
+                    extra={
+                        "conversion_id": body.get("key"),
+                        "partition": source["partition"],
+                        "offset": source["offset"],
+                    },
+                )
+
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         mine = {tp.partition for tp in assigned if tp.topic == self.topics.conversions}
         async with self._lock:
+            self.readiness.set("fired_state", False)
             await self.store.assign(mine)
+            self.readiness.set("fired_state", True)
         log.info("assigned conversions partitions %s", sorted(self.store.partitions))
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -266,7 +308,9 @@ class MatchingWorker:
             return
         tombstones = [OutgoingMessage(self.store.changelog_topic, key, None) for _, key in expired]
         partitions = [partition for partition, _ in expired]
-        offsets = await until_done(lambda: self._produce(tombstones, partitions), "sweeping fired-state")
+        offsets = await until_done(
+            lambda: self._produce(tombstones, partitions), "sweeping fired-state", self._kafka_health
+        )
         for (partition, key), offset in zip(expired, offsets, strict=True):
             self.store.apply(partition, key, None, offset)
         log.info("fired-state sweep deleted %d expired conversions", len(expired))

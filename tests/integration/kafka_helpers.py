@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from postback_router.embedded_broker import free_loopback_port
 from postback_router.kafka_io import Record, produce, read_topic
 
 # Generous: on a loaded 2-core CI machine a worker start (group join, table recovery) can take
@@ -57,8 +60,40 @@ class WorkerProcess:
     command: tuple[str, ...] = ("worker",)
     process: subprocess.Popen[bytes] | None = None
     exits: list[int] = field(default_factory=list)
+    http_port: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    async def http_get(self, path: str) -> tuple[int, str]:
+        """(status, body) of GET `path` on the process's HTTP port (/metrics, /healthz, /readyz)."""
+        timeout = aiohttp.ClientTimeout(total=5)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(self.base_url + path) as response:
+            return response.status, await response.text()
+
+    async def wait_ready(self, deadline_seconds: float = DEFAULT_DEADLINE_SECONDS) -> None:
+        """Poll /readyz until it answers 200; fail with its last answer (or the log) at the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_seconds
+        last = "no answer"
+        while loop.time() < deadline:
+            self.check_alive()
+            try:
+                status, body = await self.http_get("/readyz")
+            except aiohttp.ClientError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if status == 200:
+                    return
+                last = f"{status} {body}"
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.command} not ready within {deadline_seconds}s: {last}")
 
     def start(self) -> WorkerProcess:
+        if not self.http_port:
+            self.http_port = free_loopback_port()
+        self.env = {**self.env, "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(self.http_port)}
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "postback_router.cli", *self.command],

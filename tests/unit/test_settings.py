@@ -44,8 +44,9 @@ def test_default_topics() -> None:
     assert topics.evaluations == "conversions.evaluated"
     assert topics.invalid(topics.conversions) == "conversions.invalid"
     assert topics.invalid(topics.campaign_rules) == "campaign-rules.invalid"
-    assert topics.compacted == ("campaign-rules", "offer-sources")
-    assert len(topics.all()) == len(set(topics.all())) == 14
+    assert topics.conversion_index == "conversions.index"
+    assert topics.compacted == ("campaign-rules", "offer-sources", "conversions.index")
+    assert len(topics.all()) == len(set(topics.all())) == 15
 
 
 @pytest.mark.parametrize(
