@@ -27,7 +27,7 @@ END_TO_END_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 360
 
 
 def bounded_reason(reason: str) -> str:
-    return reason if _REASON.match(reason) else "other"
+    return reason if _REASON.fullmatch(reason) else "other"
 
 
 class DispatcherMetrics:
@@ -133,6 +133,9 @@ class MeteredTransport:
             response = await self._inner.send(request)
         except TransportError as error:
             self._attempts["timeout" if error.kind == "timeout" else "error"].inc()
+            raise
+        except Exception:  # a bug in a transport still cost an attempt (the schedulers retry it)
+            self._attempts["error"].inc()
             raise
         finally:
             self._duration.observe(time.perf_counter() - started)
