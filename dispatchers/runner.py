@@ -192,10 +192,14 @@ class Dispatcher:
         )
         self._consumer.subscribe([self.topic], listener=_Rebalance(self))
         lag: asyncio.Task[None] | None = None
+        probe: asyncio.Task[None] | None = None
         try:
             await self._consumer.start()
             self.process.readiness.set(f"consumer:{self.kind}", True)
             lag = asyncio.create_task(self.process.lag.run(self._consumer), name=f"consumer-lag:{self.kind}")
+            probe = asyncio.create_task(
+                self.process.kafka_health.probe_forever(self._producer.client), name=f"kafka-probe:{self.kind}"
+            )
             log.info("dispatching %s from %s as group %s", self.kind, self.topic, self.group_id)
             while not self._stopping.is_set():
                 batches = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=1000)
@@ -205,8 +209,9 @@ class Dispatcher:
                     await self._commit()
         finally:
             self.process.readiness.set(f"consumer:{self.kind}", False)
-            if lag is not None:
-                lag.cancel()
+            for task in (lag, probe):
+                if task is not None:
+                    task.cancel()
             async with self._lock:
                 await self._park_pending()
                 await self._commit()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 
 # Refreshed more often than Prometheus scrapes (15 s by default), rarely enough to cost nothing.
 LAG_REFRESH_SECONDS = 5.0
+# How often an idle process asks the cluster for its metadata, so that /readyz notices a lost
+# connection even when nothing is being written; and how long an answer may take.
+PROBE_INTERVAL_SECONDS = 10.0
+PROBE_TIMEOUT_SECONDS = 5.0
 # position() waits while a partition's position is being reset after a rebalance: the lag of that
 # partition is simply not refreshed this round.
 POSITION_TIMEOUT_SECONDS = 1.0
@@ -78,3 +83,18 @@ class KafkaHealth:
         if not ok:
             self._retries.labels(operation).inc()
         self._readiness.set("kafka", ok)
+
+    async def probe_forever(self, client: Any) -> None:
+        """Ask `client` (an AIOKafkaClient) for the cluster's metadata every PROBE_INTERVAL_SECONDS."""
+        while True:
+            try:
+                await asyncio.wait_for(client.fetch_all_metadata(), PROBE_TIMEOUT_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._readiness.checks().get("kafka", True):
+                    log.warning("Kafka does not answer a metadata request (%s): not ready", type(exc).__name__)
+                self._readiness.set("kafka", False)
+            else:
+                self._readiness.set("kafka", True)
+            await asyncio.sleep(PROBE_INTERVAL_SECONDS)

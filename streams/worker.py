@@ -141,11 +141,12 @@ class MatchingWorker:
             self.readiness.set("fired_state", True)  # until an assignment restores some
             sweeper = asyncio.create_task(self._sweep_periodically(), name="fired-state-sweep")
             lag = asyncio.create_task(self._lag.run(self._consumer), name="consumer-lag")
+            probe = asyncio.create_task(self._kafka_health.probe_forever(self._producer.client), name="kafka-probe")
             try:
                 await self._loop()
             finally:
-                sweeper.cancel()
-                lag.cancel()
+                for task in (sweeper, lag, probe):
+                    task.cancel()
         finally:
             await self._shutdown(views)
 

@@ -197,3 +197,40 @@ def test_kafka_health_needs_a_kafka_readiness_check() -> None:
     health = KafkaHealth(registry, Readiness(registry, ["state"]))
     with pytest.raises(KeyError, match="kafka"):
         health("produce", True)
+
+
+class FakeClient:
+    """An AIOKafkaClient whose metadata requests fail while `down` is set."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+
+    async def fetch_all_metadata(self) -> object:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("broker unreachable")
+        return object()
+
+
+async def test_the_probe_follows_the_cluster_while_nothing_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumer_health, "PROBE_INTERVAL_SECONDS", 0.001)
+    registry = CollectorRegistry()
+    readiness = Readiness(registry, ["kafka"])
+    readiness.set("kafka", True)
+    client = FakeClient()
+    probe = asyncio.create_task(KafkaHealth(registry, readiness).probe_forever(client))
+
+    async def until(condition: object) -> None:
+        async with asyncio.timeout(5):
+            while not condition():  # type: ignore[operator]
+                await asyncio.sleep(0.001)
+
+    try:
+        await until(lambda: client.calls >= 1 and not readiness.ready)
+        client.down = False
+        await until(lambda: readiness.ready)
+        assert registry.get_sample_value("postback_ready") == 1
+    finally:
+        probe.cancel()
+    assert registry.get_sample_value(RETRIES, {"operation": "metadata"}) is None, "a probe is not a retried write"
