@@ -86,8 +86,9 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, readiness:
 class OpsServer:
     """Serves an aiohttp application (the ops routes, plus whatever else the process adds) on HTTP_PORT."""
 
-    def __init__(self, app: web.Application, host: str, port: int) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
+    def __init__(self, app: web.Application, host: str, port: int, max_line_bytes: int = 8190) -> None:
+        # max_line_bytes: aiohttp refuses longer request lines (8 KiB by default) before any handler runs.
+        self._runner = web.AppRunner(app, access_log=None, max_line_size=max_line_bytes)
         self._host = host
         self._port = port
 

@@ -78,13 +78,27 @@ async def _create_missing(
             topic,
             num_partitions=partitions,
             replication_factor=replication,
-            topic_configs={"cleanup.policy": "compact"} if compact or topic in settings.topics.compacted else {},
+            topic_configs=topic_configs(settings, topic, compact),
         )
         for topic in missing
     ]
     with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
         await admin.create_topics(new_topics)
     log.info("created topics %s", ", ".join(missing))
+
+
+def topic_configs(settings: Settings, topic: str, compact: bool = False) -> dict[str, str]:
+    """The configs a topic is created with: compacted where the contract says so.
+
+    `conversions.index` is also time-bounded: every api replica reads it in full at start-up, and an
+    update of a conversion older than its fired-state retention fires nothing new anyway.
+    """
+    if topic == settings.topics.conversion_index:
+        retention_ms = settings.fired_state_retention_seconds * 1000
+        return {"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)}
+    if compact or topic in settings.topics.compacted:
+        return {"cleanup.policy": "compact"}
+    return {}
 
 
 async def replication_factor(settings: Settings) -> int:

@@ -99,8 +99,17 @@ class CompactedTopicView(Generic[T]):
                 await self._task
             self._task = None
         for client in (self._consumer, self._offsets_client):
-            if client is not None:
+            if client is None:
+                continue
+            try:
                 await client.stop()
+            except asyncio.CancelledError:
+                # Stopped while the cluster is unreachable, aiokafka's fetcher re-raises the
+                # cancellation of its own retry back-off; only a cancellation of this task counts.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                log.warning("view of %s stopped while Kafka was unreachable", self.topic)
         self._consumer = self._offsets_client = None
 
     async def wait_recovered(self) -> None:

@@ -7,6 +7,7 @@ reads the answer (rule validation) and in the tests.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +21,8 @@ from streams.errors import FieldError, InvalidInput, InvalidReason
 
 @functools.cache
 def fast_validator(schema_name: str) -> Callable[[Any], Any]:
-    return fastjsonschema.compile(load_schema(schema_name))  # type: ignore[no-any-return]
+    # A copy: fastjsonschema rewrites the `$ref`s of what it compiles, and load_schema's dicts are shared.
+    return fastjsonschema.compile(copy.deepcopy(load_schema(schema_name)))  # type: ignore[no-any-return]
 
 
 @functools.cache

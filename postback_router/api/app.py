@@ -1,0 +1,322 @@
+"""The api's aiohttp application: routes, authentication, JSON errors, metrics.
+
+Handlers are thin: the decisions are in `intake.py`, `conversion_update.py`, `auth.py` and the
+workers' own validation; the state is behind `Backend`. Every answer, errors included (404, 405,
+413, 500 from aiohttp itself), is JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiDict
+from prometheus_client import CollectorRegistry
+
+from postback_router.api.auth import Verdict, check_bearer, check_intake_secret
+from postback_router.api.backend import Backend, Table, Unavailable, Write
+from postback_router.api.conversion_update import index_entry, updated_conversion
+from postback_router.api.intake import conversion_from_postback
+from postback_router.api.metrics import UNMATCHED_ROUTE, ApiMetrics
+from postback_router.api.openapi import build_openapi_document
+from postback_router.ops_http import Readiness, add_ops_routes
+from postback_router.settings import Settings
+from streams.errors import FieldError, InvalidInput
+from streams.offer_sources import parse_offer_source
+from streams.rules import parse_campaign_rules
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+MAX_ID_LENGTH = 256  # campaign_id, offer_source_id and conversion_id, as in schemas/
+
+
+@dataclass(frozen=True, slots=True)
+class _Documents:
+    """A compacted topic of documents managed through PUT/GET/DELETE: campaign rules or offer sources."""
+
+    table: Table
+    id_field: str
+    what: str
+    parse: Callable[[bytes | None, bytes], object]  # the workers' parser: the validation they apply
+
+
+RULES = _Documents("campaign_rules", "campaign_id", "campaign rules", parse_campaign_rules)
+OFFER_SOURCES = _Documents("offer_sources", "offer_source_id", "offer source", parse_offer_source)
+
+
+def error_response(
+    status: int, error: str, fields: list[FieldError] | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"error": error}
+    if fields is not None:
+        # the workers' parsers call the whole record "(record)"; here it is the request body
+        body["fields"] = [
+            {"field": "(body)" if f.field == "(record)" else f.field, "message": f.message} for f in fields
+        ]
+    return _json(body, status, headers)
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
+
+
+class _Reject(Exception):
+    """Raised by a handler's checks to answer with `response` at once."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+class Api:
+    def __init__(self, settings: Settings, backend: Backend, metrics: ApiMetrics) -> None:
+        assert settings.api_token is not None, "the api needs API_TOKEN (checked by the cli)"
+        self._token = settings.api_token
+        self._intake_secret = settings.intake_secret
+        self._max_conversion_bytes = settings.max_conversion_bytes
+        self._max_body_bytes = settings.api_max_body_bytes
+        self._backend = backend
+        self._metrics = metrics
+        self._openapi = orjson.dumps(build_openapi_document(intake_secret_required=self._intake_secret is not None))
+
+    def add_routes(self, app: web.Application) -> None:
+        route = app.router.add_route  # not add_get: that adds HEAD too, and a HEAD must not take a conversion in
+        for path, documents in (
+            ("/v1/campaigns/{campaign_id}/rules", RULES),
+            ("/v1/offer-sources/{offer_source_id}", OFFER_SOURCES),
+        ):
+            route("PUT", path, self._document_handler(self.put_document, documents))
+            route("GET", path, self._document_handler(self.get_document, documents))
+            route("DELETE", path, self._document_handler(self.delete_document, documents))
+        route("GET", "/v1/postback", self.postback)
+        route("POST", "/v1/postback", self.postback)
+        route("PATCH", "/v1/conversions/{conversion_id}", self.update_conversion)
+        route("GET", "/openapi.json", self.openapi)
+
+    # -- middleware
+
+    @web.middleware
+    async def observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            self._metrics.observe(_route_of(request), request.method, status, time.perf_counter() - started)
+
+    @web.middleware
+    async def json_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _Reject as reject:
+            return reject.response
+        except Unavailable as exc:
+            return error_response(503, str(exc), headers={"Retry-After": "1"})
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            headers = {name: exc.headers[name] for name in ("Allow", "WWW-Authenticate") if name in exc.headers}
+            return error_response(exc.status, _http_error_message(exc, self._max_body_bytes), headers=headers)
+        except Exception:
+            # no request details: the path and query may carry ids, a secret or personal data
+            log.exception("unexpected error answering %s %s", request.method, _route_of(request))
+            return error_response(500, "internal error")
+
+    # -- management
+
+    def _authorize(self, request: web.Request) -> None:
+        if check_bearer(request.headers.get("Authorization"), self._token) is not Verdict.ALLOWED:
+            raise _Reject(
+                error_response(
+                    401,
+                    "a valid bearer token is required (Authorization: Bearer <API_TOKEN>)",
+                    headers={"WWW-Authenticate": 'Bearer realm="postback-router"'},
+                )
+            )
+
+    def _document_handler(
+        self,
+        method: Callable[[web.Request, _Documents, str], Awaitable[web.StreamResponse]],
+        documents: _Documents,
+    ) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            self._authorize(request)
+            return await method(request, documents, request.match_info[documents.id_field])
+
+        return handle
+
+    async def put_document(self, request: web.Request, documents: _Documents, key: str) -> web.StreamResponse:
+        if not _storable_id(key):
+            raise _invalid(documents.what, [FieldError(documents.id_field, f"must be 1-{MAX_ID_LENGTH} characters")])
+        body = await _json_body(request)
+        if isinstance(body, dict):
+            body.setdefault(documents.id_field, key)  # the path names the document; the body need not repeat it
+            if body[documents.id_field] != key:
+                raise _invalid(documents.what, [FieldError(documents.id_field, "must equal the id in the path")])
+        value = orjson.dumps(body)
+        try:
+            documents.parse(key.encode("utf-8"), value)
+        except InvalidInput as error:
+            raise _invalid(
+                documents.what, error.errors or [FieldError(error.field or "(body)", error.message)]
+            ) from None
+        await self._backend.write([Write(documents.table, key, body)])
+        log.info("%s published", documents.what, extra=_ids(documents, key))
+        return _json(body)
+
+    async def get_document(self, request: web.Request, documents: _Documents, key: str) -> web.StreamResponse:
+        document = await self._backend.read(documents.table, key) if _storable_id(key) else None
+        if document is None:
+            return error_response(404, f"no {documents.what} under this id")
+        return _json(document)
+
+    async def delete_document(self, request: web.Request, documents: _Documents, key: str) -> web.StreamResponse:
+        if not _storable_id(key) or await self._backend.read(documents.table, key) is None:
+            return error_response(404, f"no {documents.what} under this id")
+        await self._backend.write([Write(documents.table, key, None)])
+        log.info("%s deleted", documents.what, extra=_ids(documents, key))
+        return web.Response(status=204)
+
+    async def update_conversion(self, request: web.Request) -> web.StreamResponse:
+        self._authorize(request)
+        conversion_id = request.match_info["conversion_id"]
+        body = await _json_body(request)
+        indexed = await self._backend.read("conversion_index", conversion_id) if _storable_id(conversion_id) else None
+        if indexed is None:
+            return error_response(
+                404, "conversion not taken in through this api; publish updates to the conversions topic"
+            )
+        try:
+            event = updated_conversion(indexed, body, self._max_conversion_bytes)
+        except InvalidInput as error:
+            raise _invalid("conversion update", error.errors) from None
+        await self._backend.write(
+            [Write("conversions", conversion_id, event), Write("conversion_index", conversion_id, index_entry(event))]
+        )
+        log.info("conversion updated", extra={"conversion_id": conversion_id})
+        return _json(event, 202)
+
+    # -- intake
+
+    async def postback(self, request: web.Request) -> web.StreamResponse:
+        try:
+            fields = await _postback_fields(request)
+        except (_Reject, web.HTTPRequestEntityTooLarge):  # not a form, unreadable, too large
+            self._metrics.count_intake("invalid")
+            raise
+        verdict = check_intake_secret(request.headers, fields, self._intake_secret)
+        if verdict is not Verdict.ALLOWED:
+            self._metrics.count_intake("unauthorized")
+            if verdict is Verdict.MISSING:
+                return error_response(401, "the intake secret is required (X-Postback-Secret header or secret field)")
+            return error_response(403, "wrong intake secret")
+        try:
+            event = conversion_from_postback(fields, datetime.now(UTC), self._max_conversion_bytes)
+        except InvalidInput as error:
+            self._metrics.count_intake("invalid")
+            return error_response(400, "invalid postback", error.errors)
+        conversion_id: str = event["conversion_id"]
+        try:
+            await self._backend.write(
+                [
+                    Write("conversions", conversion_id, event),
+                    Write("conversion_index", conversion_id, index_entry(event)),
+                ]
+            )
+        except Unavailable:
+            self._metrics.count_intake("unavailable")
+            raise
+        self._metrics.count_intake("accepted")
+        log.info("conversion taken in", extra={"conversion_id": conversion_id, "campaign_id": event["campaign_id"]})
+        return _json({"status": "accepted", "conversion_id": conversion_id})
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self._openapi, content_type="application/json")
+
+
+async def _postback_fields(request: web.Request) -> MultiDict[str]:
+    """The query string's fields, then the form's (a field in both: the form's value)."""
+    fields: MultiDict[str] = MultiDict(request.query)
+    if request.method != "POST":
+        return fields
+    if request.content_type not in FORM_TYPES:
+        if request.can_read_body and await request.content.read(1):
+            raise _Reject(
+                error_response(415, "send the fields as a query string or a form (application/x-www-form-urlencoded)")
+            )
+        return fields
+    try:
+        form = await request.post()
+    except (ValueError, HttpProcessingError):  # undecodable text, a malformed multipart part
+        raise _Reject(error_response(400, "the form cannot be read")) from None
+    for name in set(form):
+        value = form.get(name)
+        if isinstance(value, str):  # file parts of a multipart form are not postback fields
+            fields[name] = value
+    return fields
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _Reject(
+            error_response(400, "the body is not JSON (UTF-8)", [FieldError("(body)", "must be JSON")])
+        ) from None
+
+
+def _storable_id(key: str) -> bool:
+    """Ids the topics can hold: 1-256 characters that encode as UTF-8 (a path may decode otherwise)."""
+    if not 0 < len(key) <= MAX_ID_LENGTH:
+        return False
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _invalid(what: str, fields: list[FieldError]) -> _Reject:
+    return _Reject(error_response(400, f"invalid {what}", fields))
+
+
+def _ids(documents: _Documents, key: str) -> dict[str, str]:
+    return {"campaign_id": key} if documents.table == "campaign_rules" else {}
+
+
+def _route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+def _http_error_message(exc: web.HTTPException, max_body_bytes: int) -> str:
+    if exc.status == 413:
+        return f"the request body is larger than {max_body_bytes} bytes"
+    if exc.status == 404:
+        return "no such route (see /openapi.json)"
+    if exc.status == 405:
+        return "method not allowed on this route (see /openapi.json)"
+    return exc.reason.lower()
+
+
+def build_app(
+    settings: Settings, backend: Backend, registry: CollectorRegistry, readiness: Readiness
+) -> web.Application:
+    """The application: the api's routes, /openapi.json and the operations routes, all on one port."""
+    api = Api(settings, backend, ApiMetrics(registry))
+    app = web.Application(client_max_size=settings.api_max_body_bytes, middlewares=[api.observe, api.json_errors])
+    api.add_routes(app)
+    add_ops_routes(app, registry, readiness)
+    return app
