@@ -177,8 +177,11 @@ SHOWN_METRICS = (
     "postback_delivery_attempts_total",
     "postback_end_to_end_seconds_count",
     "postback_consumer_lag",
+    "postback_intake_total",
+    "postback_api_requests_total",
     "postback_ready",
 )
+DEMO_API_TOKEN = "demo-token-0123456789abcdef"
 
 
 async def run_demo() -> None:
@@ -214,6 +217,7 @@ async def run_demo() -> None:
         await ensure_topics(settings)
         run.start("worker", env, "worker")
         run.start("dispatcher", env, "dispatch", "--kind", "all")
+        run.start("api", {**env, "API_TOKEN": DEMO_API_TOKEN}, "api")
         try:
             await publish_and_report(run, campaigns_for(sink_url))
         finally:
@@ -225,7 +229,7 @@ async def run_demo() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
     say()
     cleaned = "broker stopped" if embedded else "demo topics deleted"
-    say(f"Done in {time.monotonic() - started:.1f}s; worker and dispatcher stopped, {cleaned}.")
+    say(f"Done in {time.monotonic() - started:.1f}s; worker, dispatcher and api stopped, {cleaned}.")
 
 
 async def publish_and_report(run: DemoRun, campaigns: list[dict[str, Any]]) -> None:
@@ -280,8 +284,70 @@ async def publish_and_report(run: DemoRun, campaigns: list[dict[str, Any]]) -> N
         + str(not any("@players.example" in str(p) for p in postbacks.values()))
     )
     await report_deliveries(run, sum(per_topic.values()), postbacks)
+    await show_api(run)
     await measure_throughput(run)
     await show_metrics(run)
+
+
+async def show_api(run: DemoRun) -> None:
+    """The HTTP API as a data platform or an affiliate network uses it: rules, intake, a status update."""
+    heading("The HTTP API (postback-router api)")
+    base = f"http://127.0.0.1:{run.http_ports['api']}"
+    auth = {"Authorization": f"Bearer {DEMO_API_TOKEN}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def ready() -> bool:
+            try:
+                async with session.get(base + "/readyz") as response:
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await run.wait_until(ready, "the api to be ready")
+        async with session.get(base + "/v1/campaigns/nutra-uk/rules", headers=auth) as response:
+            rules = await response.json()
+        entries = ", ".join(entry["id"] for entry in rules["postbacks"])
+        say(f"GET  /v1/campaigns/nutra-uk/rules -> {response.status}: the rules the workers use ({entries})")
+        bad = {"postbacks": [{"id": "mgid", "kind": "s2s", "url": "https://a.mgid.example/p?c={clikid}"}]}
+        async with session.put(base + "/v1/campaigns/nutra-uk/rules", json=bad, headers=auth) as response:
+            refused = await response.json()
+        say(f"PUT  /v1/campaigns/nutra-uk/rules with a typo in a macro -> {response.status}: {refused['fields']}")
+        async with session.get(base + "/v1/campaigns/nutra-uk/rules") as response:
+            say(f"GET  without the bearer token -> {response.status}")
+        query = "clickid=rt-api-1&campaign_id=nutra-uk&type=lead&status=pending&sum=30.00&txid=net-7781"
+        async with session.get(f"{base}/v1/postback?{query}") as response:
+            accepted = await response.json()
+        conversion_id = accepted["conversion_id"]
+        say(f"GET  /v1/postback?{query}")
+        say(f"     -> {response.status} {accepted}")
+
+        async def evaluated() -> bool:
+            return any(
+                r.json()["conversion_id"] == conversion_id
+                for r in await read_topic(run.bootstrap, run.topics.evaluations)
+            )
+
+        await run.wait_until(evaluated, "the api's conversion to be evaluated")
+        evaluations = [r.json() for r in await read_topic(run.bootstrap, run.topics.evaluations)]
+        [evaluation] = [e for e in evaluations if e["conversion_id"] == conversion_id]
+        fired = ", ".join(f["entry_id"] for f in evaluation["fired"]) or "nothing"
+        skipped = "; ".join(f"{e['entry_id']}: {REASONS[e['reason']]}" for e in evaluation["skipped"])
+        say(f"     {evaluation['status']}: {fired} fired ({skipped})")
+        async with session.patch(
+            f"{base}/v1/conversions/{conversion_id}", json={"status": "approved"}, headers=auth
+        ) as response:
+            say(f'PATCH /v1/conversions/{conversion_id} {{"status": "approved"}} -> {response.status}')
+
+        async def delivered() -> list[dict[str, Any]]:
+            results = [r.json() for r in await read_topic(run.bootstrap, run.topics.results)]
+            return [r for r in results if r["conversion_id"] == conversion_id]
+
+        async def any_delivered() -> bool:
+            return bool(await delivered())
+
+        await run.wait_until(any_delivered, "the approved update to be delivered")
+        for result in await delivered():
+            say(f"     -> {result['entry_id']} {result['result']} after {result['attempts']} attempt(s)")
 
 
 async def show_metrics(run: DemoRun) -> None:
