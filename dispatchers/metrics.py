@@ -82,9 +82,6 @@ class DispatcherMetrics:
                 moment = moment.replace(tzinfo=UTC)
             self.end_to_end.labels(kind).observe(max((now - moment).total_seconds(), 0.0))
 
-    def register_gauges(self, collector: Collector) -> None:
-        self.registry.register(collector)
-
 
 class DispatcherGauges(Collector):
     """Gauges read when scraped: pending postbacks per kind, circuit state per destination."""

@@ -91,15 +91,10 @@ def _with_http_port(settings: Settings, http_port: int | None) -> Settings:
 @_HTTP_PORT
 def worker(http_port: int | None) -> None:
     """Run the stream processor: match conversions with campaign rules, emit postbacks."""
-    from postback_router.topics import ensure_topics
     from streams.worker import run_worker
 
     settings = _with_http_port(_settings(), http_port)
-    _configure_logging(settings)
-    try:
-        asyncio.run(ensure_topics(settings))
-    except RuntimeError as exc:
-        _fail(str(exc))
+    _prepare(settings)
     asyncio.run(run_worker(settings))
 
 
@@ -115,14 +110,9 @@ def worker(http_port: int | None) -> None:
 def dispatch(kind: str, http_port: int | None) -> None:
     """Deliver matched postbacks: each once, with retries; outcomes to postbacks.results."""
     from dispatchers.runner import run_dispatcher
-    from postback_router.topics import ensure_topics
 
     settings = _with_http_port(_settings(), http_port)
-    _configure_logging(settings)
-    try:
-        asyncio.run(ensure_topics(settings))
-    except RuntimeError as exc:
-        _fail(str(exc))
+    _prepare(settings)
     asyncio.run(run_dispatcher(settings, kind))
 
 
@@ -131,23 +121,25 @@ def dispatch(kind: str, http_port: int | None) -> None:
 def api(http_port: int | None) -> None:
     """Run the HTTP API: manage rules and offer sources, take conversions in (see /openapi.json)."""
     from postback_router.api.server import run_api
-    from postback_router.topics import ensure_topics
 
     settings = _with_http_port(_settings(), http_port)
     if settings.api_token is None:
         _fail("API_TOKEN is not set: the api needs a bearer token for its management routes (16+ characters)")
     if settings.http_port == 0:
         _fail("HTTP_PORT=0: the api needs a port to listen on")
-    _configure_logging(settings)
+    _prepare(settings)
+    asyncio.run(run_api(settings))
+
+
+def _prepare(settings: Settings) -> None:
+    """What every long-running process does first: logging, then its topics (or fail naming the cluster)."""
+    from postback_router.topics import ensure_topics
+
+    configure_logging(settings.log_level, settings.kafka_log_level, settings.log_format)
     try:
         asyncio.run(ensure_topics(settings))
     except RuntimeError as exc:
         _fail(str(exc))
-    asyncio.run(run_api(settings))
-
-
-def _configure_logging(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.kafka_log_level, settings.log_format)
 
 
 if __name__ == "__main__":

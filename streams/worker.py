@@ -215,7 +215,8 @@ class MatchingWorker:
                 assert message.key is not None
                 self.store.apply(partition, message.key, message.value, offset)
             self._count(result, len(owned), time.perf_counter() - started)
-            self._log_refused(result.messages)
+            if result.invalid:  # rare: the batch's messages are looked through only then
+                self._log_refused(result.messages)
         elif messages:
             await until_done(lambda: self._produce(messages), "producing invalid-record messages", self._kafka_health)
         owned_partitions = self.store.partitions

@@ -100,7 +100,10 @@ class KafkaBackend:
             "conversion_index": CompactedTopicView(bootstrap, topics.conversion_index, _keeping_value(parse_indexed)),
         }
         self._producer: AIOKafkaProducer | None = None
-        self._recovered = False
+
+    @property
+    def _recovered(self) -> bool:
+        return all(view.recovered for view in self._views.values())
 
     async def start(self) -> None:
         """Connect and read the compacted topics to their end; requests get 503 until this is done."""
@@ -119,7 +122,6 @@ class KafkaBackend:
             await view.start()
         for view in self._views.values():
             await view.wait_recovered()
-        self._recovered = True
         self._readiness.set("views_recovered", True)
         log.info(
             "views recovered: %d campaigns, %d offer sources, %d conversions taken in",

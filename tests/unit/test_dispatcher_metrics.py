@@ -237,7 +237,7 @@ def test_gauges_are_read_when_collected(metrics: DispatcherMetrics) -> None:
     def breakers_now() -> Iterable[tuple[str, BreakerState]]:
         return list(breakers.items())
 
-    metrics.register_gauges(DispatcherGauges(pending_now, breakers_now))
+    metrics.registry.register(DispatcherGauges(pending_now, breakers_now))
     registry = metrics.registry
     assert registry.get_sample_value("postback_deliveries_pending", {"kind": "s2s"}) == 3
     assert registry.get_sample_value("postback_deliveries_pending", {"kind": "meta"}) == 0
@@ -255,7 +255,7 @@ def test_gauges_are_read_when_collected(metrics: DispatcherMetrics) -> None:
 
 
 def test_gauges_with_nothing_to_report(metrics: DispatcherMetrics) -> None:
-    metrics.register_gauges(DispatcherGauges(list, list))
+    metrics.registry.register(DispatcherGauges(list, list))
     names = {family.name for family in metrics.registry.collect()}
     assert {"postback_deliveries_pending", "postback_circuit_open"} <= names
     assert metrics.registry.get_sample_value("postback_deliveries_pending", {"kind": "s2s"}) is None
