@@ -1,4 +1,4 @@
-"""The in-memory delivery scheduler for ad-platform postbacks (SPEC 4): batching, per-row verdicts, retries.
+"""The in-memory delivery scheduler for ad-platform postbacks (contract §4): batching, per-row verdicts, retries.
 
 The counterpart of `scheduler.DeliveryScheduler` for Google Ads, Meta, TikTok and Microsoft Ads, with the
 same public surface and the same `FinalOutcome`/`PendingPostback` records, so `runner.py` drives either.
@@ -36,6 +36,7 @@ from dispatchers.http_boundary import HttpRequest, Transport, TransportError
 from dispatchers.oauth import OAuthError, OAuthTokenCache, TokenKey
 from dispatchers.outcome import Outcome, Verdict
 from dispatchers.platforms import google_ads, meta, microsoft_ads, tiktok
+from dispatchers.platforms.api_versions import DEFAULT_VERSIONS
 from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.retry_policy import RetryPolicy, classify_transport_error
 from dispatchers.scheduler import HALF_OPEN_RECHECK_SECONDS, MAX_IDLE_WAIT_SECONDS
@@ -71,7 +72,7 @@ DEFAULT_OAUTH_TOKEN_URL_MICROSOFT = "https://login.microsoftonline.com/common/oa
 # Microsoft's identity platform wants the scope on every refresh; Google keeps the one first granted.
 MICROSOFT_ADS_SCOPE = "https://ads.microsoft.com/msads.manage offline_access"
 
-# SPEC 6 wants a p99 of 50 ms: a short linger still turns a burst into one request instead of hundreds.
+# contract §6 wants a p99 of 50 ms: a short linger still turns a burst into one request instead of hundreds.
 DEFAULT_LINGER_SECONDS = 0.05
 AUTH_EXPIRED = "auth_expired"
 # Exceptions a malformed postback (a missing field, a payout that is not a decimal) raises in a builder.
@@ -218,6 +219,7 @@ class BatchDeliveryScheduler(SchedulerCore):
         timeout_seconds: float,
         on_final: Callable[[FinalOutcome], Awaitable[None]],
         credentials: PlatformCredentials,
+        api_version: str | None = None,
         linger_seconds: float = DEFAULT_LINGER_SECONDS,
         clock: Callable[[], datetime] = utc_now,
         rand: Callable[[], float] = random.random,
@@ -244,6 +246,8 @@ class BatchDeliveryScheduler(SchedulerCore):
         self._rate_limits = rate_limits
         self._timeout = timeout_seconds
         self._credentials = credentials
+        # The platform API version of every request (settings: GOOGLE_ADS_API_VERSION, ...).
+        self._api_version = api_version or DEFAULT_VERSIONS[kind]
         self._linger = timedelta(seconds=linger_seconds)
         self._rand = rand
         self._queues: dict[QueueKey, _Queue] = {}
@@ -468,6 +472,7 @@ class BatchDeliveryScheduler(SchedulerCore):
         options: dict[str, Any] = {
             "base_url": self._credentials.base_url(self.kind),
             "access_token": credentials.access_token,
+            "api_version": self._api_version,
             "timeout_seconds": self._timeout,
         }
         if self.kind in OAUTH_KINDS:

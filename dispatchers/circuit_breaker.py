@@ -1,4 +1,4 @@
-"""A circuit breaker per destination: stop hammering a failing endpoint and probe it again later (SPEC 4).
+"""A circuit breaker per destination: stop hammering a failing endpoint and probe it again later (contract §4).
 
 Pure state machine; `now` is a monotonic clock reading passed in by the caller.
 

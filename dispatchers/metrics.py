@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, date, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from dispatchers.circuit_breaker import BreakerState
 from dispatchers.http_boundary import HttpRequest, HttpResponse, Transport, TransportError
+from dispatchers.platforms.api_versions import days_to_sunset
 
 _REASON = re.compile(r"^[A-Za-z0-9_.]{1,48}$")
 # From a fast loopback answer to the delivery timeout's upper range.
@@ -111,6 +112,34 @@ class DispatcherGauges(Collector):
             circuits.add_metric([destination], 0.0 if state is BreakerState.CLOSED else 1.0)
         yield pending
         yield circuits
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []
+
+
+class ApiVersionSunsetGauge(Collector):
+    """`postback_platform_api_days_to_sunset{kind,version}`: days left until the platform turns the API
+    version a dispatcher calls off, computed when scraped (negative once past). A version without a
+    published sunset date has no sample: there is no number to give, and no series means no alert.
+    """
+
+    def __init__(self, versions: Mapping[str, str], today: Callable[[], date]) -> None:
+        self._versions = dict(versions)  # kind -> version
+        self._today = today
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily(
+            "postback_platform_api_days_to_sunset",
+            "Days until the platform sunsets the API version the dispatcher calls (negative: past); "
+            "no sample when no sunset date is known.",
+            labels=["kind", "version"],
+        )
+        today = self._today()
+        for kind, version in sorted(self._versions.items()):
+            days = days_to_sunset(kind, version, today)
+            if days is not None:
+                gauge.add_metric([kind, version], float(days))
+        yield gauge
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []

@@ -1,4 +1,4 @@
-"""Per-destination rate and concurrency limits (SPEC 4).
+"""Per-destination rate and concurrency limits (contract §4).
 
 The token bucket is pure (`now` is passed in); `acquire` is the small async shell around it. A slow or
 throttled destination only ever waits on its own bucket and its own slots, never on another's.

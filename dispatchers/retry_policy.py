@@ -1,4 +1,4 @@
-"""When to retry a delivery, and how long to wait (SPEC 4). Pure: the clock and randomness are injected."""
+"""When to retry a delivery, and how long to wait (contract §4). Pure: the clock and randomness are injected."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def classify_transport_error(err: TransportError) -> Outcome:
 
 
 def classify_http_status(status: int, headers: Mapping[str, str]) -> Verdict:
-    """SPEC 4: 2xx delivered; 408, 425, 429 and 5xx retried; 3xx and other 4xx rejected.
+    """contract §4: 2xx delivered; 408, 425, 429 and 5xx retried; 3xx and other 4xx rejected.
 
     `headers` is part of the signature so that classifications that depend on them (a 503 without
     Retry-After vs. with one) can be added without changing callers; none does today. Anything else
@@ -49,7 +49,7 @@ def http_status_reason(status: int) -> str:
 
 
 def outcome_for_status(status: int, headers: Mapping[str, str], *, now: datetime, detail: str = "") -> Outcome:
-    """The SPEC 4 outcome of an HTTP answer, with the destination's Retry-After when it is retried."""
+    """The contract §4 outcome of an HTTP answer, with the destination's Retry-After when it is retried."""
     verdict = classify_http_status(status, headers)
     retry_after = None
     if verdict is Verdict.RETRY and "retry-after" in headers:
@@ -92,7 +92,7 @@ class RetryPolicy:
     burst over half the interval.
 
     Defaults: 1 s, 2 s, 4 s, ... up to 2 h between attempts (Convoy's cap: a recovered endpoint is
-    found within 2 h, a dead one costs a dozen requests a day), given up after 24 h (SPEC 4).
+    found within 2 h, a dead one costs a dozen requests a day), given up after 24 h (contract §4).
     """
 
     base_delay_seconds: float = 1.0

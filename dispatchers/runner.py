@@ -22,7 +22,8 @@ import base64
 import logging
 import signal
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,8 +36,15 @@ from dispatchers.batch_scheduler import BatchDeliveryScheduler, PlatformCredenti
 from dispatchers.circuit_breaker import BreakerState, CircuitBreakers
 from dispatchers.delivery_state import DeliveryState, decode_delivery_state, encode_delivery_state
 from dispatchers.http_boundary import AiohttpTransport
-from dispatchers.metrics import DispatcherGauges, DispatcherMetrics, MeteredTransport, bounded_reason
+from dispatchers.metrics import (
+    ApiVersionSunsetGauge,
+    DispatcherGauges,
+    DispatcherMetrics,
+    MeteredTransport,
+    bounded_reason,
+)
 from dispatchers.oauth import OAuthTokenCache
+from dispatchers.platforms.api_versions import sunset_notice
 from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.retry_policy import RetryPolicy
 from dispatchers.scheduler import DeliveryScheduler
@@ -163,7 +171,13 @@ class Dispatcher:
         }
         if self.kind == "s2s":
             return DeliveryScheduler(self._metered, **common)
-        return BatchDeliveryScheduler(self._metered, kind=self.kind, credentials=self._credentials, **common)
+        return BatchDeliveryScheduler(
+            self._metered,
+            kind=self.kind,
+            credentials=self._credentials,
+            api_version=self.settings.platform_api_versions.get(self.kind),
+            **common,
+        )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -436,10 +450,32 @@ class ProcessHealth:
         self.lag = ConsumerLag(registry)
 
 
-async def run_dispatcher(settings: Settings, kind: str) -> None:
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+def check_api_versions(
+    versions: Mapping[str, str], registry: CollectorRegistry, today: Callable[[], date] = utc_today
+) -> None:
+    """At start-up, for each platform kind run (kind -> API version): one log line about its sunset, and
+    the `postback_platform_api_days_to_sunset` gauge on the registry.
+
+    WARNING within 30 days of a known sunset, ERROR from the sunset day on (the platform refuses the
+    requests); it never stops the dispatcher, whose other kinds (and S2S) still deliver.
+    """
+    registry.register(ApiVersionSunsetGauge(versions, today))
+    day = today()
+    for kind, version in versions.items():
+        level, message = sunset_notice(kind, version, day)
+        log.log(level, message, extra={"kind": kind})
+
+
+async def run_dispatcher(settings: Settings, kind: str, *, today: Callable[[], date] = utc_today) -> None:
     """Run the dispatcher of one kind, or of every kind (`all`) side by side, until SIGTERM/SIGINT."""
     kinds = list(settings.topics.postbacks) if kind == "all" else [kind]
     process = ProcessHealth(new_registry("dispatcher"), kinds)
+    versions = settings.platform_api_versions
+    check_api_versions({k: versions[k] for k in kinds if k in versions}, process.registry, today)
     dispatchers = [Dispatcher(settings, k, process) for k in kinds]
     process.registry.register(
         DispatcherGauges(

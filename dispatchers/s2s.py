@@ -84,9 +84,9 @@ def _snippet(body: bytes) -> str:
 
 def classify_s2s_response(response: HttpResponse, entry: Mapping[str, Any], *, now: datetime | None = None) -> Outcome:
     """DELIVERED when the status is a success (the entry's `success_status_codes`, else 2xx) and the
-    body matches the entry's `success_body_pattern` when one is set; otherwise the SPEC 4 class.
+    body matches the entry's `success_body_pattern` when one is set; otherwise the contract §4 class.
 
-    A status that SPEC 4 calls delivered but that is not in `success_status_codes` is REJECTED
+    A status that contract §4 calls delivered but that is not in `success_status_codes` is REJECTED
     (`http_<status>`): the user said what success looks like. `now` (aware) is for Retry-After dates.
     """
     status = response.status

@@ -1,4 +1,4 @@
-"""The in-memory delivery scheduler for S2S postbacks (SPEC 4): when to send each postback, and to whom first.
+"""The in-memory delivery scheduler for S2S postbacks (contract §4): when to send each postback, and to whom first.
 
 It owns no I/O of its own: requests go through `deliver_s2s` and a Transport, the verdicts come from
 `s2s`/`retry_policy`, the health of an endpoint from `circuit_breaker`, the pacing from `rate_limiter`.

@@ -1,4 +1,4 @@
-"""Platform credentials by name: a rule entry's `credentials` names a secret, never holds one (SPEC 3).
+"""Platform credentials by name: a rule entry's `credentials` names a secret, never holds one (contract §3).
 
 Lookup order for a name such as `acme-google`:
 1. the environment variable `POSTBACK_SECRET_ACME_GOOGLE` (upper-cased, other characters as `_`);

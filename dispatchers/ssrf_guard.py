@@ -1,4 +1,4 @@
-"""Refuse S2S targets that would make the dispatcher reach into private networks (SPEC 4).
+"""Refuse S2S targets that would make the dispatcher reach into private networks (contract §4).
 
 S2S URLs come from users, so a URL could point the dispatcher at the cloud metadata service
 (169.254.169.254), at the cluster's internal services, or at loopback. `check_target` refuses

@@ -1,18 +1,23 @@
-"""`postback-router`: the one command line of the service (SPEC 5)."""
+"""`postback-router`: the one command line of the service (contract §5)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import signal
 import sys
-from typing import NoReturn
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from postback_router import __version__
 from postback_router.logs import configure_logging
 from postback_router.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from postback_router.ops_http import ListenError
 
 
 def _fail(message: str) -> NoReturn:
@@ -83,8 +88,31 @@ _HTTP_PORT = click.option(
 )
 
 
-def _with_http_port(settings: Settings, http_port: int | None) -> Settings:
-    return settings if http_port is None else dataclasses.replace(settings, http_port=http_port)
+def _with_http_port(settings: Settings, http_port: int | None) -> tuple[Settings, str]:
+    """The settings with --http-port applied, and how messages name the port: the flag or the variable used."""
+    if http_port is not None:
+        return dataclasses.replace(settings, http_port=http_port), f"--http-port {http_port}"
+    if os.environ.get("HTTP_PORT", "").strip():
+        return settings, f"HTTP_PORT={settings.http_port} (or --http-port)"
+    return settings, f"HTTP_PORT={settings.http_port} (the default; or --http-port)"
+
+
+def _listen_failure(exc: ListenError, port_source: str) -> str:
+    """One line naming the setting to change: the port's (flag or variable) when taken, else HTTP_HOST."""
+    if exc.in_use:
+        return f"{port_source}: {exc.address} is already in use"
+    if exc.bad_host:
+        return f"HTTP_HOST={exc.host}: cannot listen on {exc.address} ({exc.reason})"
+    return f"HTTP_HOST={exc.host}, {port_source}: cannot listen on {exc.address} ({exc.reason})"
+
+
+def _serve(process: Coroutine[Any, Any, None], port_source: str) -> None:
+    from postback_router.ops_http import ListenError
+
+    try:
+        asyncio.run(process)
+    except ListenError as exc:  # the port was taken after _prepare checked it
+        _fail(_listen_failure(exc, port_source))
 
 
 @main.command()
@@ -93,9 +121,9 @@ def worker(http_port: int | None) -> None:
     """Run the stream processor: match conversions with campaign rules, emit postbacks."""
     from streams.worker import run_worker
 
-    settings = _with_http_port(_settings(), http_port)
-    _prepare(settings)
-    asyncio.run(run_worker(settings))
+    settings, port_source = _with_http_port(_settings(), http_port)
+    _prepare(settings, port_source)
+    _serve(run_worker(settings), port_source)
 
 
 @main.command()
@@ -111,9 +139,9 @@ def dispatch(kind: str, http_port: int | None) -> None:
     """Deliver matched postbacks: each once, with retries; outcomes to postbacks.results."""
     from dispatchers.runner import run_dispatcher
 
-    settings = _with_http_port(_settings(), http_port)
-    _prepare(settings)
-    asyncio.run(run_dispatcher(settings, kind))
+    settings, port_source = _with_http_port(_settings(), http_port)
+    _prepare(settings, port_source)
+    _serve(run_dispatcher(settings, kind), port_source)
 
 
 @main.command()
@@ -122,19 +150,29 @@ def api(http_port: int | None) -> None:
     """Run the HTTP API: manage rules and offer sources, take conversions in (see /openapi.json)."""
     from postback_router.api.server import run_api
 
-    settings = _with_http_port(_settings(), http_port)
+    settings, port_source = _with_http_port(_settings(), http_port)
     if settings.api_token is None:
         _fail("API_TOKEN is not set: the api needs a bearer token for its management routes (16+ characters)")
     if settings.http_port == 0:
-        _fail("HTTP_PORT=0: the api needs a port to listen on")
-    _prepare(settings)
-    asyncio.run(run_api(settings))
+        _fail(f"{port_source}: the api needs a port to listen on")
+    _prepare(settings, port_source)
+    _serve(run_api(settings), port_source)
 
 
-def _prepare(settings: Settings) -> None:
-    """What every long-running process does first: logging, then its topics (or fail naming the cluster)."""
+def _prepare(settings: Settings, port_source: str) -> None:
+    """What every long-running process does first: check that its HTTP port is free, logging, then its topics.
+
+    Each failure is one line naming the setting. The port goes first: it fails at once, Kafka may keep a
+    start waiting.
+    """
+    from postback_router.ops_http import ListenError, check_listen
     from postback_router.topics import ensure_topics
 
+    if settings.http_port != 0:
+        try:
+            asyncio.run(check_listen(settings.http_host, settings.http_port))
+        except ListenError as exc:
+            _fail(_listen_failure(exc, port_source))
     configure_logging(settings.log_level, settings.kafka_log_level, settings.log_format)
     try:
         asyncio.run(ensure_topics(settings))

@@ -1,11 +1,13 @@
 """`make demo`: the service's main job end to end, and a readable account of what happened.
 
 On the embedded broker (or KAFKA_BOOTSTRAP_SERVERS, under topics of its own that it deletes at the
-end): starts a real `postback-router worker` and `postback-router dispatch --kind s2s`, publishes
-offer sources, campaign rules and a stream of conversions (updates, missing statuses, re-deliveries,
-invalid ones), then prints each conversion with the postbacks it fired and, for the entries that did
-not fire, why; then what each traffic source (a local HTTP server standing in for them, one of
-them down for a while) received; then a burst, for the rates.
+end): starts a real `postback-router worker`, `postback-router dispatch --kind all` and
+`postback-router api`, publishes offer sources, campaign rules and a stream of conversions (updates,
+missing statuses, re-deliveries, invalid ones, one too old for Microsoft), then prints each conversion
+with the postbacks it fired and, for the entries that did not fire, why; then what each traffic source
+(a local HTTP server standing in for them, one of them down for a while) and each ad platform (local
+fakes of Google Ads, Meta, TikTok and Microsoft Advertising) received, with the reason for every
+postback that was refused or dead-lettered; then the HTTP API; then a burst, for the rates.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import aiohttp
@@ -53,16 +56,22 @@ def heading(text: str) -> None:
 
 
 class DemoPlatforms:
-    """Fake Meta, TikTok and Microsoft Advertising APIs (the test suite's, which check requests the way
-    the real APIs do), and the environment that points the dispatcher at them with its secrets."""
+    """Fake Google Ads, Meta, TikTok and Microsoft Advertising APIs (the test suite's, which check requests
+    the way the real APIs do), and the environment that points the dispatcher at them with its secrets."""
 
     def __init__(self) -> None:
-        from tests.fakes.platforms import FakeMeta, FakeMicrosoftAds, FakeOAuthServer, FakeTikTok
+        from tests.fakes.platforms import FakeGoogleAds, FakeMeta, FakeMicrosoftAds, FakeOAuthServer, FakeTikTok
 
-        self.meta, self.tiktok, self.microsoft = FakeMeta(), FakeTikTok(), FakeMicrosoftAds()
-        self.oauth = FakeOAuthServer(grant_into=[self.microsoft.tokens])
-        self.servers = [self.meta, self.tiktok, self.microsoft, self.oauth]
-        self.names = {"meta": self.meta, "tiktok": self.tiktok, "microsoft_ads": self.microsoft}
+        self.google, self.meta, self.tiktok = FakeGoogleAds(), FakeMeta(), FakeTikTok()
+        self.microsoft = FakeMicrosoftAds()
+        self.oauth = FakeOAuthServer(grant_into=[self.google.tokens, self.microsoft.tokens])
+        self.servers = [self.google, self.meta, self.tiktok, self.microsoft, self.oauth]
+        self.names = {
+            "google_ads": self.google,
+            "meta": self.meta,
+            "tiktok": self.tiktok,
+            "microsoft_ads": self.microsoft,
+        }
 
     async def start(self) -> dict[str, str]:
         for server in self.servers:
@@ -73,11 +82,16 @@ class DemoPlatforms:
             "refresh_token": "oauth-refresh-token",
         }
         return {
+            "GOOGLE_ADS_BASE_URL": self.google.base_url,
             "META_BASE_URL": self.meta.base_url,
             "TIKTOK_BASE_URL": self.tiktok.base_url,
             "MICROSOFT_ADS_BASE_URL": self.microsoft.base_url,
+            "OAUTH_TOKEN_URL_GOOGLE": self.oauth.token_url,
             "OAUTH_TOKEN_URL_MICROSOFT": self.oauth.token_url,
             # secrets reach the dispatcher by name, as in production (never through a topic)
+            "POSTBACK_SECRET_GADS_CASINO": orjson.dumps(
+                {"developer_token": "google-developer-token", **oauth}
+            ).decode(),
             "POSTBACK_SECRET_META_CASINO": orjson.dumps({"access_token": "meta-access-token"}).decode(),
             "POSTBACK_SECRET_TIKTOK_SWEEPS": orjson.dumps({"access_token": "tiktok-access-token"}).decode(),
             "POSTBACK_SECRET_MSADS_NUTRA": orjson.dumps(
@@ -124,6 +138,10 @@ class DemoRun:
     async def count(self, topic: str) -> int:
         return len(await read_topic(self.bootstrap, topic))
 
+    async def count_postbacks(self) -> int:
+        """Matched postbacks of every kind so far."""
+        return sum([await self.count(topic) for topic in self.topics.postbacks.values()])
+
     def fail(self, message: str) -> NoReturn:
         """Stop the demo with `message` and the end of each process's log (the logs are deleted after)."""
         for process in self.processes.values():
@@ -149,7 +167,7 @@ class DemoRun:
 
 
 def describe_fired(fired: dict[str, Any], postback: dict[str, Any] | None) -> str:
-    text = f"FIRED   {fired['entry_id']:<26} -> {fired['topic']:<28} payout {fired['payout']}"
+    text = f"FIRED   {fired['entry_id']:<26} -> {fired['topic']:<36} payout {fired['payout']}"
     if postback and postback.get("url"):
         text += f"\n          {postback['method']} {postback['url']}"
     elif postback and postback["kind"] != "s2s":
@@ -391,18 +409,45 @@ async def report_deliveries(run: DemoRun, expected: int, postbacks: dict[str, di
     for request in run.sink.received:
         say(f"  +{request.at - first:5.2f}s  {request.status}  {request.path_qs}")
     results = [r.json() for r in await read_topic(run.bootstrap, results_topic)]
-    say(f"{len(results)} results on {results_topic}:")
+    say(f"{len(results)} results on {results_topic} (the status is the conversion's: an update is a new postback):")
     for result in sorted(results, key=lambda r: (r["entry_id"], r["conversion_id"])):
+        postback = postbacks.get(result["postback_id"], {})
         say(
-            f"  {result['conversion_id']:<8} {result['entry_id']:<24} {result['result']:<10} "
-            f"attempts {result['attempts']}  last {result['last_reason']}  after {result['latency_seconds']:.2f}s"
+            f"  {result['conversion_id']:<8} {postback.get('status', '?'):<9} {result['entry_id']:<24} "
+            f"{result['result']:<13} attempts {result['attempts']}  last {result['last_reason']}  "
+            f"after {result['latency_seconds']:.2f}s"
         )
+        if result["result"] != "delivered":
+            say(f"           why: {explain_refusal(result)}")
+
+
+def explain_refusal(result: dict[str, Any]) -> str:
+    """A refused or dead-lettered postback's reason, as the destination (or the dispatcher) gave it."""
+    reason = str(result.get("last_reason") or "unknown")
+    detail = str(result.get("last_detail") or "").strip()
+    hint = REFUSAL_HINTS.get(reason) or (
+        "the destination refused the request; not retried" if reason.startswith("http_4") else ""
+    )
+    text = f"{reason}: {detail}" if detail else reason
+    return f"{text} ({hint})" if hint else text
+
+
+# Plain words for the reasons a demo reader is most likely to meet.
+REFUSAL_HINTS = {
+    "event_too_old": "the platform refuses events older than its window: Meta 7 days, Microsoft 90",
+    "CLICK_NOT_FOUND": "Google does not know the gclid",
+    "EXPIRED_EVENT": "the click is older than the conversion action's window",
+    "max_age": "still failing when the retry age (DELIVERY_MAX_AGE) ran out",
+    "missing_credentials": "the entry's secret is not set on the dispatcher",
+}
 
 
 async def measure_throughput(run: DemoRun) -> None:
     heading(f"Throughput: a burst of {BURST_SIZE:,} conversions")
     bootstrap, topics = run.bootstrap, run.topics
     campaigns = [c["campaign_id"] for c in CAMPAIGNS]
+    # Now, not a date: the platforms refuse events past their age windows (Meta: 7 days).
+    occurred_at = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     burst = [
         (
             f"burst-{i}",
@@ -413,7 +458,7 @@ async def measure_throughput(run: DemoRun) -> None:
                 "type": "deposit" if i % 2 else "lead",
                 "status": "approved" if i % 3 else "pending",
                 "payout": f"{i % 50}.{i % 100:02d}",
-                "occurred_at": "2026-11-22T10:00:00Z",
+                "occurred_at": occurred_at,
                 "click_ids": {"external_id": f"src-burst-{i}"},
                 "user": {"email": f"burst{i}@players.example"},
             },
@@ -424,6 +469,7 @@ async def measure_throughput(run: DemoRun) -> None:
     # taken before the burst: the dispatcher delivers while the worker is still matching
     delivered_before = sum(run.sink.delivered().values())
     s2s_before = await run.count(topics.postbacks["s2s"])
+    postbacks_before = await run.count_postbacks()
     started = time.monotonic()
     await produce(bootstrap, topics.conversions, burst)
     say(f"sent in {time.monotonic() - started:.1f}s; the worker matches while they arrive")
@@ -457,6 +503,37 @@ async def measure_throughput(run: DemoRun) -> None:
         f"{s2s:,} S2S postbacks delivered to the local sink {delivered_in:.1f}s after the burst was sent = "
         f"{s2s / delivered_in:,.0f} deliveries/s end to end (one dispatcher)"
     )
+    await report_burst_outcomes(run, postbacks_before)
+
+
+async def report_burst_outcomes(run: DemoRun, postbacks_before: int) -> None:
+    """Every postback of the burst ends with one result; count them per kind and explain the refusals."""
+    topics = run.topics
+
+    expected = await run.count_postbacks() - postbacks_before
+    say(f"waiting for the results of all {expected:,} postbacks of the burst (every kind)...")
+
+    async def all_results_in() -> bool:
+        results = [r.json() for r in await read_topic(run.bootstrap, topics.results)]
+        return sum(1 for r in results if str(r["conversion_id"]).startswith("burst-")) >= expected
+
+    await run.wait_until(all_results_in, f"the results of the burst's {expected:,} postbacks")
+    outcomes: Counter[tuple[str, str]] = Counter()
+    refusals: Counter[tuple[str, str]] = Counter()
+    for record in await read_topic(run.bootstrap, topics.results):
+        result = record.json()
+        if not str(result["conversion_id"]).startswith("burst-"):
+            continue
+        outcomes[(result["kind"], result["result"])] += 1
+        if result["result"] != "delivered":
+            refusals[(result["kind"], explain_refusal(result))] += 1
+    for kind in topics.postbacks:
+        counts = ", ".join(f"{outcome} {n:,}" for (k, outcome), n in sorted(outcomes.items()) if k == kind)
+        say(f"  {kind:<14} {counts or 'no postbacks'}")
+    for (kind, why), n in sorted(refusals.items()):
+        say(f"  {kind:<14} {n:,} not delivered: {why}")
+    if not refusals:
+        say("  every postback of the burst was delivered")
 
 
 def _expected_invalid(value: dict[str, Any]) -> bool:

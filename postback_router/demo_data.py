@@ -30,11 +30,19 @@ CAMPAIGNS: list[dict[str, Any]] = [
                 "payout_percent": 50,
             },
             {
-                "id": "google-off",
+                "id": "google-deposits",
+                "kind": "google_ads",
+                "customer_id": "123-456-7890",
+                "conversion_action": "customers/1234567890/conversionActions/99",
+                "credentials": "GADS_CASINO",
+                "conditional": {"enabled": True, "types": ["deposit"]},
+            },
+            {
+                "id": "google-leads-off",
                 "kind": "google_ads",
                 "enabled": False,
                 "customer_id": "123-456-7890",
-                "conversion_action": "customers/1234567890/conversionActions/99",
+                "conversion_action": "customers/1234567890/conversionActions/100",
                 "credentials": "GADS_CASINO",
             },
         ],
@@ -113,13 +121,17 @@ def minutes_after_start(minute: int) -> str:
     return (_START + timedelta(minutes=minute)).isoformat().replace("+00:00", "Z")
 
 
+def days_before_start(days: int) -> str:
+    return (_START - timedelta(days=days)).isoformat().replace("+00:00", "Z")
+
+
 def _conversion(cid: str, campaign: str, minute: int, **fields: Any) -> dict[str, Any]:
     event: dict[str, Any] = {
         "conversion_id": cid,
         "click_id": f"rt-{cid}",
         "campaign_id": campaign,
         "occurred_at": minutes_after_start(minute),
-        "click_ids": {"external_id": f"src-{cid}"},
+        "click_ids": {"external_id": f"src-{cid}", "gclid": f"gclid-{cid}"},
         "user": {"email": f"{cid}@players.example", "ip": "203.0.113.7", "user_agent": "Mozilla/5.0"},
     }
     event.update(fields)
@@ -189,6 +201,20 @@ CONVERSIONS: list[tuple[str, str, Any]] = [
             status="pending",
             payout="19.99",
             click_ids={"msclkid": "ms-3002"},
+        ),
+    ),
+    (
+        "approved purchase, 100 days old",
+        "cv-3003",
+        _conversion(
+            "cv-3003",
+            "nutra-uk",
+            9,
+            type="purchase",
+            status="approved",
+            payout="24.50",
+            click_ids={"msclkid": "ms-3003"},
+            occurred_at=days_before_start(100),
         ),
     ),
     ("campaign without rules", "cv-4001", _conversion("cv-4001", "unknown-campaign", 9, status="approved", payout="1")),

@@ -8,7 +8,11 @@ the service's metrics and the process/runtime collectors.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
+import os
+import socket
 from collections.abc import Iterable
 
 from aiohttp import web
@@ -83,6 +87,48 @@ def add_ops_routes(app: web.Application, registry: CollectorRegistry, readiness:
     app.router.add_get("/readyz", readyz)
 
 
+class ListenError(RuntimeError):
+    """The HTTP server cannot listen on host:port; the command line turns it into one line naming the setting."""
+
+    def __init__(self, host: str, port: int, error: OSError) -> None:
+        super().__init__(f"cannot listen on HTTP_HOST={host} HTTP_PORT={port}: {error}")
+        self.host = host
+        self.port = port
+        self.error = error
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def in_use(self) -> bool:
+        return self.error.errno == errno.EADDRINUSE
+
+    @property
+    def bad_host(self) -> bool:
+        """The host does not resolve, or is no address of this machine."""
+        return isinstance(self.error, socket.gaierror) or self.error.errno == errno.EADDRNOTAVAIL
+
+    @property
+    def reason(self) -> str:
+        """Why, in a few words ("permission denied"), without the bind call's repetition of the address."""
+        code = self.error.errno
+        if isinstance(self.error, socket.gaierror) or not isinstance(code, int) or code <= 0:
+            return str(self.error.strerror or self.error).lower()
+        return os.strerror(code).lower()
+
+
+async def check_listen(host: str, port: int) -> None:
+    """Raise ListenError unless an OpsServer could listen on host:port now (binds as it does, then closes)."""
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(asyncio.Protocol, host, port, reuse_address=True)
+    except OSError as exc:
+        raise ListenError(host, port, exc) from None
+    server.close()
+    await server.wait_closed()
+
+
 class OpsServer:
     """Serves an aiohttp application (the ops routes, plus whatever else the process adds) on HTTP_PORT."""
 
@@ -102,7 +148,7 @@ class OpsServer:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
-            raise RuntimeError(f"cannot listen on HTTP_HOST={self._host} HTTP_PORT={self._port}: {exc}") from None
+            raise ListenError(self._host, self._port, exc) from None
         log.info("serving /metrics, /healthz and /readyz on http://%s:%d", self._host, self._port)
 
     async def stop(self) -> None:

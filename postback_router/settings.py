@@ -1,7 +1,7 @@
 """Configuration: read once from the environment, validated at start-up.
 
 Every setting is an environment variable; README.md lists them all. A bad value stops the process
-with a message naming the variable (SPEC 5).
+with a message naming the variable (contract §5).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from dispatchers.platforms.api_versions import DEFAULT_VERSIONS, VERSION_SETTINGS, normalize_version
 from dispatchers.rate_limiter import RateLimit
+from streams.pii import is_known_region
 
 KINDS = ("s2s", "google_ads", "meta", "tiktok", "microsoft_ads")
 STATUSES = ("approved", "pending", "declined", "other")
@@ -101,6 +103,9 @@ class Settings:
     app_id: str
     topics: Topics
     default_status: str = "approved"
+    # ISO 3166-1 alpha-2: the region of national-format phone numbers when neither the conversion
+    # (`country`) nor its offer source (`default_region`) names one. None: such numbers are not hashed.
+    default_phone_region: str | None = None
     max_conversion_bytes: int = 65_536
     fired_state_retention_seconds: int = 90 * 86400
     fired_state_sweep_interval_seconds: float = 3600
@@ -124,6 +129,8 @@ class Settings:
     destination_rate_limit: RateLimit | None = None
     # PlatformCredentials keyword -> URL, only for those set (tests and proxies; the defaults are the platforms')
     platform_urls: Mapping[str, str] = field(default_factory=dict)
+    # kind -> API version the dispatchers call (GOOGLE_ADS_API_VERSION, ...; dispatchers/platforms/api_versions.py)
+    platform_api_versions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_VERSIONS))
     # The HTTP server of every process (/metrics, /healthz, /readyz; the api's routes too). Port 0: none.
     http_host: str = "0.0.0.0"
     http_port: int = 8080
@@ -179,6 +186,18 @@ def _platform_urls(env: Mapping[str, str]) -> dict[str, str]:
     return urls
 
 
+def _platform_api_versions(env: Mapping[str, str]) -> dict[str, str]:
+    """kind -> API version, in its one normalised form (`26` -> `v26`); unset or empty: the default."""
+    versions: dict[str, str] = {}
+    for kind, name in VERSION_SETTINGS.items():
+        raw = env.get(name, "").strip()
+        try:
+            versions[kind] = normalize_version(kind, raw) if raw else DEFAULT_VERSIONS[kind]
+        except ValueError as exc:
+            raise SettingsError(f"{name}={raw!r}: {exc}") from None
+    return versions
+
+
 def _topic(env: Mapping[str, str], prefix: str, name: str, default: str) -> str:
     value = prefix + env.get(name, default)
     if not _TOPIC_NAME.match(value):
@@ -213,6 +232,15 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
     default_status = env.get("DEFAULT_STATUS", "approved")
     if default_status not in STATUSES:
         raise SettingsError(f"DEFAULT_STATUS={default_status!r}: must be one of {', '.join(STATUSES)}")
+    phone_region_raw = env.get("DEFAULT_PHONE_REGION", "")
+    default_phone_region = phone_region_raw.strip().upper() or None
+    if default_phone_region is not None and not (
+        re.fullmatch(r"[A-Z]{2}", default_phone_region) and is_known_region(default_phone_region)
+    ):
+        raise SettingsError(
+            f"DEFAULT_PHONE_REGION={phone_region_raw!r}: expected an ISO 3166-1 alpha-2 country code "
+            "with a phone numbering plan, such as GB or US (UK is GB), or unset"
+        )
     state_store = env.get("STATE_STORE", "rocksdb://")
     if state_store not in ("rocksdb://", "memory://"):
         raise SettingsError(f"STATE_STORE={state_store!r}: must be rocksdb:// (production) or memory:// (tests)")
@@ -228,7 +256,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
     heartbeat = parse_duration("KAFKA_HEARTBEAT_INTERVAL", env.get("KAFKA_HEARTBEAT_INTERVAL", "3s"))
     if heartbeat * 3 > session_timeout:
         raise SettingsError("KAFKA_HEARTBEAT_INTERVAL must be at most a third of KAFKA_SESSION_TIMEOUT")
-    # Fired-state younger than the retention is what makes a re-delivery fire nothing (SPEC 2.5);
+    # Fired-state younger than the retention is what makes a re-delivery fire nothing (contract §2.5);
     # a retention under a second would forget every postback at once, a zero sweep interval spin.
     retention_raw = env.get("FIRED_STATE_RETENTION", "90d")
     retention = int(parse_duration("FIRED_STATE_RETENTION", retention_raw))
@@ -246,6 +274,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         app_id=env.get("APP_ID", "postback-router"),
         topics=topics,
         default_status=default_status,
+        default_phone_region=default_phone_region,
         max_conversion_bytes=_int("MAX_CONVERSION_BYTES", env.get("MAX_CONVERSION_BYTES", "65536"), 256, 16_777_216),
         fired_state_retention_seconds=retention,
         fired_state_sweep_interval_seconds=sweep_interval,
@@ -268,6 +297,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         destination_concurrency=_int("DESTINATION_CONCURRENCY", env.get("DESTINATION_CONCURRENCY", "8"), 1, 1000),
         destination_rate_limit=_rate("DESTINATION_RATE_LIMIT", env.get("DESTINATION_RATE_LIMIT", "none")),
         platform_urls=_platform_urls(env),
+        platform_api_versions=_platform_api_versions(env),
         http_host=env.get("HTTP_HOST", "0.0.0.0").strip() or "0.0.0.0",
         http_port=_int("HTTP_PORT", env.get("HTTP_PORT", "8080"), 0, 65535),
         log_format=log_format,

@@ -23,7 +23,8 @@ from streams.fired_record import FiredRecord
 from streams.invalid_records import invalid_record
 from streams.matching import Fired, effective_status, evaluate_entries
 from streams.messages import evaluation_record, matched_postback
-from streams.pii import hashed_user_identifiers
+from streams.offer_sources import OfferSource
+from streams.pii import hashed_user_identifiers, phone_region
 from streams.rules import CampaignRules
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class MatcherConfig:
     default_status: str
     max_conversion_bytes: int
     fired_retention_seconds: int
+    default_phone_region: str | None = None  # DEFAULT_PHONE_REGION: the last resort for national phone numbers
 
 
 class FiredStateReader(Protocol):
@@ -71,6 +73,7 @@ class BatchResult:
     invalid: Counter[str] = field(default_factory=Counter)
     matched: Counter[str] = field(default_factory=Counter)  # by kind
     filtered: Counter[str] = field(default_factory=Counter)  # by reason, no_rules included
+    pii_unusable: Counter[tuple[str, str]] = field(default_factory=Counter)  # (field, reason): left out, not hashed
 
 
 def utc_rfc3339(moment: datetime) -> str:
@@ -88,13 +91,13 @@ class ConversionBatchProcessor:
         self,
         config: MatcherConfig,
         rules_for: Callable[[str], CampaignRules | None],
-        default_status_for: Callable[[str], str | None],
+        offer_source_for: Callable[[str], OfferSource | None],
         fired_state: FiredStateReader,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._config = config
         self._rules_for = rules_for
-        self._default_status_for = default_status_for
+        self._offer_source_for = offer_source_for
         self._fired_state = fired_state
         self._clock = clock
 
@@ -129,7 +132,8 @@ class ConversionBatchProcessor:
 
     def _reject(self, result: BatchResult, record: SourceRecord, error: InvalidInput, stamp: str) -> None:
         result.invalid[error.reason] += 1
-        log.warning(
+        # DEBUG: the worker writes the one WARNING line per refused conversion once it is kept (README)
+        log.debug(
             "invalid conversion",
             extra={"reason": error.reason, "error": error.message, "source": record.position()},
         )
@@ -148,7 +152,8 @@ class ConversionBatchProcessor:
 
     def _match(self, result: BatchResult, record: SourceRecord, conversion: Conversion, now: int, stamp: str) -> None:
         config = self._config
-        offer_default = self._default_status_for(conversion.offer_source_id) if conversion.offer_source_id else None
+        offer_source = self._offer_source_for(conversion.offer_source_id) if conversion.offer_source_id else None
+        offer_default = offer_source.default_status if offer_source else None
         status, status_source = effective_status(conversion.status, offer_default, config.default_status)
         rules = self._rules_for(conversion.campaign_id)
         source = record.position()
@@ -171,17 +176,24 @@ class ConversionBatchProcessor:
                 if not isinstance(decision, Fired):
                     result.filtered[decision.reason] += 1
             if fired:
-                hashed_user = hashed_user_identifiers(conversion.user)
+                region = phone_region(
+                    conversion.country,
+                    offer_source.default_region if offer_source else None,
+                    config.default_phone_region,
+                )
+                hashed_user = hashed_user_identifiers(conversion.user, region)
                 received_at = _kafka_time(record.timestamp_ms)
                 key = conversion.conversion_id.encode("utf-8")
                 for decision in fired:
                     message = matched_postback(
-                        conversion, decision, status, status_source, hashed_user, source, received_at, stamp
+                        conversion, decision, status, status_source, hashed_user.identifiers, source, received_at, stamp
                     )
                     fired_messages[decision.postback_id] = message
                     topic = config.postback_topics[decision.entry.kind]
                     result.messages.append(OutgoingMessage(topic, key, orjson.dumps(message)))
                     result.matched[decision.entry.kind] += 1
+                for name, reason in hashed_user.unusable.items():  # once per conversion, not per postback
+                    result.pii_unusable[(name, reason)] += 1
                 ids = frozenset(fired_messages)
                 if previous is not None:
                     ids |= previous.postback_ids

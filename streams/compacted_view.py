@@ -113,7 +113,7 @@ class CompactedTopicView(Generic[T]):
         self._consumer = self._offsets_client = None
 
     async def wait_recovered(self) -> None:
-        """Return once every record that was in the topic at start-up has been applied (SPEC 2.8)."""
+        """Return once every record that was in the topic at start-up has been applied (contract §2.8)."""
         if self._task is None:
             raise RuntimeError(f"view of {self.topic!r} was not started")
         waiter = asyncio.ensure_future(self._recovered.wait())

@@ -35,6 +35,7 @@ class Conversion:
     click_ids: dict[str, str]
     user: dict[str, str]
     subs: dict[str, str]
+    country: str | None = None  # ISO 3166-1 alpha-2, upper-cased: the region of a national-format phone
 
     @property
     def payout_text(self) -> str:
@@ -42,10 +43,10 @@ class Conversion:
 
 
 def parse_conversion(key: bytes | None, value: bytes | None, max_bytes: int) -> Conversion:
-    """Decode, validate against `schemas/conversion.schema.json`, and apply the defaults of SPEC 3.
+    """Decode, validate against `schemas/conversion.schema.json`, and apply the defaults of contract §3.
 
     The record key must be the conversion_id: the fired-state is partitioned by it, so a record
-    under another key could fire twice (SPEC 2.5).
+    under another key could fire twice (contract §2.5).
     """
     if value is None:
         raise InvalidInput("not_object", "record value is null; a conversion must be a JSON object")
@@ -100,6 +101,7 @@ def _conversion_from_valid(key: bytes | None, data: dict[str, Any]) -> Conversio
         click_ids=_present(data.get("click_ids"), CLICK_ID_FIELDS),
         user=_present(data.get("user"), USER_FIELDS),
         subs=dict(data.get("subs") or {}),
+        country=(data.get("country") or "").upper() or None,
     )
 
 

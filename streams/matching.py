@@ -1,4 +1,4 @@
-"""The conditional-postback rules of SPEC 2: which entries of a campaign fire for a conversion."""
+"""The conditional-postback rules of contract §2: which entries of a campaign fire for a conversion."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SKIP_REASONS: tuple[SkipReason, ...] = ("disabled", "type", "status", "payout", 
 def effective_status(
     event_status: str | None, offer_source_default: str | None, service_default: str
 ) -> tuple[str, StatusSource]:
-    """SPEC 2.2: the event's status, else its offer source's default, else the service default."""
+    """contract §2.2: the event's status, else its offer source's default, else the service default."""
     if event_status:
         return event_status, "event"
     if offer_source_default:
@@ -28,7 +28,7 @@ def effective_status(
 
 
 def skip_reason(entry: PostbackEntry, conversion_type: str, status: str, payout: Decimal) -> SkipReason | None:
-    """Why `entry` does not fire (SPEC 2.1, 2.3, 2.4), or None when it does.
+    """Why `entry` does not fire (contract §2.1, 2.3, 2.4), or None when it does.
 
     Conditions are ANDed; the first failing one, in the order types, statuses, min_payout, is named.
     """
@@ -50,7 +50,7 @@ def skip_reason(entry: PostbackEntry, conversion_type: str, status: str, payout:
 class Fired:
     entry: PostbackEntry
     postback_id: str
-    payout: Decimal  # after payout_percent (SPEC 2.6)
+    payout: Decimal  # after payout_percent (contract §2.6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ def evaluate_entries(
 ) -> list[Decision]:
     """One decision per entry of the campaign.
 
-    SPEC 2.5: an entry fires at most once per (conversion_id, entry id, effective status, type); the
+    contract §2.5: an entry fires at most once per (conversion_id, entry id, effective status, type); the
     postback id is derived from exactly that tuple, so `already_fired` holds postback ids.
     """
     decisions: list[Decision] = []

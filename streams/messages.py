@@ -1,4 +1,4 @@
-"""The messages the worker writes: matched postbacks (SPEC 3) and optional evaluation records."""
+"""The messages the worker writes: matched postbacks (contract §3) and optional evaluation records."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ KINDS_WITH_CLIENT_CONTEXT = frozenset({"meta", "tiktok"})
 def s2s_macro_values(
     conversion: Conversion, status: str, payout_text: str, status_names: dict[str, str], type_names: dict[str, str]
 ) -> dict[str, str]:
-    """The values of SPEC 3's S2S macros for one conversion and entry (before URL-encoding)."""
+    """The values of contract §3's S2S macros for one conversion and entry (before URL-encoding)."""
     values: dict[str, str] = {
         "clickid": conversion.click_id,
         "conversion_id": conversion.conversion_id,
@@ -101,7 +101,7 @@ def evaluation_record(
 ) -> dict[str, Any]:
     """What happened to one conversion: the entries that fired and why the others did not.
 
-    `decisions` is None when the campaign has no rules (SPEC 2.7).
+    `decisions` is None when the campaign has no rules (contract §2.7).
     """
     fired: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

@@ -31,6 +31,13 @@ class WorkerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.pii_unusable = Counter(
+            "postback_pii_unusable_total",
+            "Personal fields of conversions whose postbacks were written, left out because they could not be "
+            "normalised (phone: no_region, unknown_region, unparseable, invalid_number), by field and reason.",
+            ["field", "reason"],
+            registry=registry,
+        )
         self.rules_invalid = Counter(
             "postback_rules_invalid_total",
             "Campaign-rules and offer-source records refused and written to their .invalid topic, by topic.",

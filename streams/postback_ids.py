@@ -1,4 +1,4 @@
-"""Deterministic postback ids: a replay of the same match yields the same id (SPEC 3)."""
+"""Deterministic postback ids: a replay of the same match yields the same id (contract §3)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,6 @@ _SEPARATOR = "\x1f"
 
 
 def postback_id(conversion_id: str, entry_id: str, effective_status: str, conversion_type: str) -> str:
-    """A UUIDv5 of (conversion_id, entry id, effective status, type): the at-most-once key of SPEC 2.5."""
+    """A UUIDv5 of (conversion_id, entry id, effective status, type): the at-most-once key of contract §2.5."""
     name = _SEPARATOR.join((conversion_id, entry_id, effective_status, conversion_type))
     return str(uuid.uuid5(POSTBACK_ID_NAMESPACE, name))

@@ -1,8 +1,8 @@
 """Campaign rules: validated when published, compiled once into what the matcher needs.
 
 Validation is the schema (`schemas/campaign-rules.schema.json`) plus what a schema cannot say:
-unique entry ids, a conditional entry must set a condition (SPEC 2.4), URL templates with known
-macros only (SPEC 3), fields that belong to the entry's kind.
+unique entry ids, a conditional entry must set a condition (contract §2.4), URL templates with known
+macros only (contract §3), fields that belong to the entry's kind.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _KIND_FIELDS: dict[str, frozenset[str]] = {
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """The conditions of an enabled `conditional`; None means "not set" for each (SPEC 2.4)."""
+    """The conditions of an enabled `conditional`; None means "not set" for each (contract §2.4)."""
 
     types: frozenset[str] | None
     statuses: frozenset[str] | None
@@ -48,7 +48,7 @@ class PostbackEntry:
     id: str
     kind: str
     enabled: bool
-    condition: Condition | None  # None: the entry fires for every conversion (SPEC 2.3)
+    condition: Condition | None  # None: the entry fires for every conversion (contract §2.3)
     payout_percent: Decimal
     destination_id: str
     url_template: UrlTemplate | None

@@ -1,7 +1,7 @@
 """S2S postback URL templates: checked when a rule is published, rendered when a postback fires.
 
 A template is an http(s) URL with `{macro}` placeholders in its path, query or fragment. Macros
-are the fixed names of SPEC 3, `{sub1}`..`{sub20}`, and `{subs.<key>}` for any other key of the
+are the fixed names of contract §3, `{sub1}`..`{sub20}`, and `{subs.<key>}` for any other key of the
 conversion's `subs`. Rendered values are percent-encoded (RFC 3986 unreserved characters only), so a
 value can never add a path segment, a query parameter, a header or a line break.
 """

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # How long one fetch waits for records when there are none: bounds how fast a stop is noticed.
 FETCH_TIMEOUT_MS = 200
+# A refused record's key is logged as its conversion_id only up to a conversion_id's maximum length.
+MAX_LOGGED_KEY_CHARS = 256
 
 
 class MatchingWorker:
@@ -52,7 +54,7 @@ class MatchingWorker:
         self.topics = settings.topics
         self.registry = registry or new_registry("worker")
         self.metrics = WorkerMetrics(self.registry)
-        # /readyz: connected (kafka), both views recovered (SPEC 2.8), in the group, fired-state restored.
+        # /readyz: connected (kafka), both views recovered (contract §2.8), in the group, fired-state restored.
         self.readiness = Readiness(self.registry, ("kafka", "views_recovered", "consumer", "fired_state"))
         self._kafka_health = KafkaHealth(self.registry, self.readiness)
         self._lag = ConsumerLag(self.registry)
@@ -77,9 +79,10 @@ class MatchingWorker:
                 default_status=settings.default_status,
                 max_conversion_bytes=settings.max_conversion_bytes,
                 fired_retention_seconds=settings.fired_state_retention_seconds,
+                default_phone_region=settings.default_phone_region,
             ),
             rules_for=self.rules.get,
-            default_status_for=self._default_status_for,
+            offer_source_for=self.offer_sources.get,
             fired_state=self.store,
         )
         self._lock = asyncio.Lock()  # one batch, rebalance or sweep at a time
@@ -87,10 +90,6 @@ class MatchingWorker:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._processed: dict[TopicPartition, int] = {}  # next offset to commit, per partition
-
-    def _default_status_for(self, offer_source_id: str) -> str | None:
-        source = self.offer_sources.get(offer_source_id)
-        return source.default_status if source else None
 
     def stop(self) -> None:
         self._stopping.set()
@@ -113,7 +112,7 @@ class MatchingWorker:
         try:
             for view in views:
                 await view.start()
-            # SPEC 2.8: nothing is evaluated before both views hold everything in their topics.
+            # contract §2.8: nothing is evaluated before both views hold everything in their topics.
             for view in views:
                 await view.wait_recovered()
             self.readiness.set("views_recovered", True)
@@ -266,23 +265,28 @@ class MatchingWorker:
             metrics.matched.labels(kind).inc(count)
         for reason, count in result.filtered.items():
             metrics.filtered.labels(reason).inc(count)
+        for (name, reason), count in result.pii_unusable.items():
+            metrics.pii_unusable.labels(name, reason).inc(count)
 
     def _log_refused(self, messages: list[OutgoingMessage]) -> None:
+        """One WARNING line per refused conversion: its reason and source position, and its id when
+        its key is one (text of a conversion_id's length); never the record itself."""
         invalid_topic = self.topics.invalid(self.topics.conversions)
         for message in messages:
             if message.topic == invalid_topic and message.value is not None:
                 body = orjson.loads(message.value)
                 source = body["source"]
-                log.warning(
-                    "conversion refused (%s), kept in %s",
-                    body["error"]["reason"],
-                    invalid_topic,
-                    extra={
-                        "conversion_id": body.get("key"),
-                        "partition": source["partition"],
-                        "offset": source["offset"],
-                    },
-                )
+                reason = body["error"]["reason"]
+                context = {
+                    "reason": reason,
+                    "topic": source["topic"],
+                    "partition": source["partition"],
+                    "offset": source["offset"],
+                }
+                key = body.get("key")
+                if body.get("key_encoding") == "text" and key and len(key) <= MAX_LOGGED_KEY_CHARS:
+                    context["conversion_id"] = key
+                log.warning("conversion refused (%s), kept in %s", reason, invalid_topic, extra=context)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         mine = {tp.partition for tp in assigned if tp.topic == self.topics.conversions}

@@ -7,9 +7,21 @@ started for the session and stopped at the end. Tests isolate themselves by topi
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The "60 days later" run (POSTBACK_TEST_DAYS_AHEAD) must really have moved the clock."""
+    days = os.environ.get("POSTBACK_TEST_DAYS_AHEAD", "").strip()
+    if days:
+        shifted = getattr(sys.modules.get("sitecustomize"), "SHIFTED_DAYS", 0)
+        if shifted != int(days):
+            raise pytest.UsageError(
+                f"POSTBACK_TEST_DAYS_AHEAD={days} but the clock is not shifted: put tests/clock_shift on PYTHONPATH"
+            )
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import EllipsisType
 from typing import Any
 
@@ -15,11 +15,18 @@ import orjson
 from schemas import load_schema
 from streams.batch import ConversionBatchProcessor, MatcherConfig, SourceRecord
 from streams.fired_record import FiredRecord
+from streams.offer_sources import OfferSource
 from streams.rules import CampaignRules, compile_campaign_rules, validate_campaign_rules
 
-OCCURRED_AT = "2026-11-20T10:00:00Z"
-OCCURRED_AT_UNIX = 1_795_168_800
-MATCHED_AT = datetime(2026, 11, 20, 10, 0, 5, tzinfo=UTC)
+# Every timestamp that meets an age rule (Meta refuses events older than 7 days, Microsoft older than
+# 90, the fired-state forgets after its retention) is derived from the clock when the tests start, never
+# written as a date: a fixed date passes today and fails weeks later. `make test` also runs the
+# time-dependent tests as if it were 60 days later (tests/clock_shift) to catch the next one at once.
+_STARTED = datetime.now(UTC).replace(microsecond=0)
+OCCURRED_AT_DATETIME = _STARTED - timedelta(hours=1)
+OCCURRED_AT = OCCURRED_AT_DATETIME.strftime("%Y-%m-%dT%H:%M:%SZ")
+OCCURRED_AT_UNIX = int(OCCURRED_AT_DATETIME.timestamp())
+MATCHED_AT = OCCURRED_AT_DATETIME + timedelta(seconds=5)
 KINDS = ("s2s", "google_ads", "meta", "tiktok", "microsoft_ads")
 POSTBACK_TOPICS = {kind: f"postbacks.{kind}" for kind in KINDS}
 
@@ -121,7 +128,7 @@ def source_record(
     topic: str = "conversions",
     partition: int = 0,
     offset: int = 0,
-    timestamp_ms: int | None = 1_795_168_801_000,
+    timestamp_ms: int | None = (OCCURRED_AT_UNIX + 1) * 1000,
 ) -> SourceRecord:
     """A `conversions` record; the key (`...`: not given) is the value's conversion_id, as producers send it."""
     raw = orjson.dumps(value) if isinstance(value, dict) else value
@@ -151,7 +158,11 @@ class InMemoryFiredState:
 
 
 def matcher_config(
-    *, default_status: str = "approved", evaluations: bool = True, max_conversion_bytes: int = 65_536
+    *,
+    default_status: str = "approved",
+    evaluations: bool = True,
+    max_conversion_bytes: int = 65_536,
+    default_phone_region: str | None = None,
 ) -> MatcherConfig:
     return MatcherConfig(
         postback_topics=dict(POSTBACK_TOPICS),
@@ -160,23 +171,28 @@ def matcher_config(
         default_status=default_status,
         max_conversion_bytes=max_conversion_bytes,
         fired_retention_seconds=90 * 86_400,
+        default_phone_region=default_phone_region,
     )
 
 
 def processor(
     *rules: CampaignRules,
-    offer_sources: dict[str, str] | None = None,
+    offer_sources: dict[str, str | OfferSource] | None = None,
     fired_state: InMemoryFiredState | None = None,
     config: MatcherConfig | None = None,
     rules_for: Callable[[str], CampaignRules | None] | None = None,
 ) -> ConversionBatchProcessor:
-    """A matcher over in-memory tables: campaign rules, offer source default statuses, fired-state."""
+    """A matcher over in-memory tables: campaign rules, offer sources (an id -> its default status, or
+    an OfferSource), fired-state."""
     by_campaign = {r.campaign_id: r for r in rules}
-    defaults = dict(offer_sources or {})
+    sources = {
+        source_id: OfferSource(source_id, source) if isinstance(source, str) else source
+        for source_id, source in (offer_sources or {}).items()
+    }
     return ConversionBatchProcessor(
         config or matcher_config(),
         rules_for or by_campaign.get,
-        defaults.get,
+        sources.get,
         fired_state if fired_state is not None else InMemoryFiredState(),
         clock=lambda: MATCHED_AT,
     )

@@ -31,7 +31,7 @@ _CREDENTIAL_PATTERNS = (
     re.compile(r"(\"(?:access_token|refresh_token|client_secret)\"\s*:\s*\")[^\"]*", re.IGNORECASE),
     re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE),
 )
-# Statuses SPEC §4 retries besides 5xx.
+# Statuses contract §4 retries besides 5xx.
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
 
 
@@ -160,7 +160,7 @@ def status_outcome(
     now: datetime | None = None,
     default_retry_after: float | None = None,
 ) -> Outcome:
-    """SPEC §4 by status alone: 2xx delivered; 408, 425, 429, 5xx retried; other statuses rejected."""
+    """contract §4 by status alone: 2xx delivered; 408, 425, 429, 5xx retried; other statuses rejected."""
     status = response.status
     detail = body_excerpt(response, secrets)
     code = reason or f"http_{status}"

@@ -1,6 +1,6 @@
 """Google Ads UploadClickConversions: request builder and response classifier.
 
-Contract (shared/PLATFORM-APIS.md): `POST {base}/v{N}/customers/{customer_id}:uploadClickConversions`
+Contract (docs/destinations.md): `POST {base}/{version}/customers/{customer_id}:uploadClickConversions`
 with `Authorization: Bearer <OAuth token>`, `developer-token` and optional `login-customer-id`; body
 `{"conversions": [...], "partialFailure": true}` with at most 2000 ClickConversions. Row errors come
 back in `partialFailureError` (a GoogleAdsFailure whose errors carry the row index in
@@ -15,6 +15,8 @@ Decisions:
 - A postback without any click id is still sent when it has a hashed email or phone: enhanced
   conversions for leads match on those. If the conversion action is not set up for that, Google
   fails just that row (partial failure), never the batch. Without either: `missing_click_id`.
+- `api_version` (`v26`) is an argument: GOOGLE_ADS_API_VERSION, default and sunset dates in `api_versions`.
+  Google turns each version off about a year after its release (HTTP 400 `UNSUPPORTED_VERSION`).
 - Any 401 is RETRY `auth_expired` (the OAuth token expired or was revoked), except authentication
   errors a new token cannot fix (developer token, not an Ads user), which are REJECTED. The
   classifier is stateless: the caller refreshes the token and must treat a second `auth_expired` in
@@ -49,8 +51,6 @@ from dispatchers.platforms.common import (
 )
 
 MAX_BATCH = 2000
-# Google sunsets each API version about a year after release; the dispatcher's configuration sets it.
-DEFAULT_API_VERSION = 21
 # A full batch of 2000 rows is processed synchronously by Google and can take several seconds.
 DEFAULT_TIMEOUT_SECONDS = 30.0
 CLICK_ID_FIELDS = ("gclid", "gbraid", "wbraid")
@@ -141,10 +141,13 @@ def build_request(
     base_url: str,
     access_token: str,
     developer_token: str,
-    api_version: int = DEFAULT_API_VERSION,
+    api_version: str,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> HttpRequest:
-    """One UploadClickConversions request for postbacks that share a batch_key (at most MAX_BATCH)."""
+    """One UploadClickConversions request for postbacks that share a batch_key (at most MAX_BATCH).
+
+    `api_version` as the URL path has it: `v26` (api_versions.normalize_version).
+    """
     check_batch(postbacks, MAX_BATCH, batch_key)
     entry = postbacks[0]["entry"]
     headers = {
@@ -155,7 +158,7 @@ def build_request(
     login_customer_id = entry.get("login_customer_id")
     if login_customer_id:
         headers["login-customer-id"] = _digits(login_customer_id)
-    path = f"/v{api_version}/customers/{_digits(entry['customer_id'])}:uploadClickConversions"
+    path = f"/{api_version}/customers/{_digits(entry['customer_id'])}:uploadClickConversions"
     body = {"conversions": [conversion_row(postback) for postback in postbacks], "partialFailure": True}
     return HttpRequest("POST", join_url(base_url, path), headers, json_body(body), timeout_seconds)
 

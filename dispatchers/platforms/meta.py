@@ -1,6 +1,6 @@
 """Meta Conversions API: request builder and response classifier.
 
-Contract (shared/PLATFORM-APIS.md): `POST {base}/{version}/{pixel_id}/events` with `access_token`,
+Contract (docs/destinations.md): `POST {base}/{version}/{pixel_id}/events` with `access_token`,
 body `{"data": [...], "test_event_code"?}`, at most 1000 events; success `{events_received,
 messages, fbtrace_id}`; errors `{"error": {message, type, code, error_subcode, fbtrace_id}}` with
 codes 1, 2 temporary, 4, 17 (and 32, 613, 80004) throttling, 190 invalid token. One event older
@@ -9,6 +9,7 @@ https://developers.facebook.com/docs/marketing-api/conversions-api/using-the-api
 https://developers.facebook.com/docs/graph-api/guides/error-handling
 
 Decisions:
+- `api_version` (`v26.0`) is an argument: META_GRAPH_API_VERSION, default and expiry dates in `api_versions`.
 - `access_token` travels as a field of the JSON body (the Graph API takes parameters there as well
   as in the query string) so it never appears in a URL, where logs and exception texts pick it up.
 - `event_id` is the postback_id: Meta dedups on (event_name, event_id) for 48 h, so repeating a
@@ -51,8 +52,7 @@ from dispatchers.platforms.common import (
 )
 
 MAX_BATCH = 1000
-DEFAULT_GRAPH_VERSION = "v23.0"
-# PLATFORM-APIS: Meta recommends 1.5 s; a timeout is retried and event_id makes the repeat harmless.
+# docs/destinations.md: Meta recommends 1.5 s; a timeout is retried and event_id makes the repeat harmless.
 DEFAULT_TIMEOUT_SECONDS = 1.5
 DEFAULT_ACTION_SOURCE = "system_generated"
 MAX_EVENT_AGE = timedelta(days=7)
@@ -162,16 +162,16 @@ def build_request(
     *,
     base_url: str,
     access_token: str,
-    graph_version: str = DEFAULT_GRAPH_VERSION,
+    api_version: str,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> HttpRequest:
-    """One events request for postbacks that share a batch_key (at most MAX_BATCH)."""
+    """One events request for postbacks that share a batch_key (at most MAX_BATCH); `api_version`: `v26.0`."""
     check_batch(postbacks, MAX_BATCH, batch_key)
     entry = postbacks[0]["entry"]
     payload: dict[str, Any] = {"data": [event(postback) for postback in postbacks], "access_token": access_token}
     if entry.get("test_event_code"):
         payload["test_event_code"] = entry["test_event_code"]
-    url = join_url(base_url, f"/{graph_version}/{entry['pixel_id']}/events")
+    url = join_url(base_url, f"/{api_version}/{entry['pixel_id']}/events")
     return HttpRequest("POST", url, {"Content-Type": "application/json"}, json_body(payload), timeout_seconds)
 
 

@@ -1,6 +1,6 @@
 """Microsoft Advertising ApplyOfflineConversions: request builder and response classifier.
 
-Contract (shared/PLATFORM-APIS.md): `POST {base}/CampaignManagement/v13/OfflineConversions/Apply`
+Contract (docs/destinations.md): `POST {base}/CampaignManagement/{version}/OfflineConversions/Apply` (v13)
 with headers `Authorization: Bearer`, `DeveloperToken`, `CustomerId`, `CustomerAccountId`; body
 `{"OfflineConversions": [{ConversionName, ConversionTime, ConversionValue, ConversionCurrencyCode,
 MicrosoftClickId}]}`, up to 1000 per call (unconfirmed). ConversionTime is UTC ISO 8601, not in the
@@ -10,6 +10,7 @@ ConversionTime again is a duplicate that Microsoft ignores without an error.
 https://learn.microsoft.com/en-us/advertising/campaign-management-service/offlineconversion?view=bingads-13
 
 Decisions:
+- `api_version` (`v13`) is an argument: MICROSOFT_ADS_API_VERSION, default and sunset dates in `api_versions`.
 - ConversionTime is derived from occurred_at only (never clamped to "now"), so a repeated request
   carries the same (MicrosoftClickId, ConversionTime) and Microsoft ignores it as a duplicate.
   Microsoft answers such duplicates as successes, so no row is ever classified DUPLICATE here.
@@ -50,7 +51,6 @@ from dispatchers.platforms.common import (
 )
 
 MAX_BATCH = 1000
-ENDPOINT_PATH = "/CampaignManagement/v13/OfflineConversions/Apply"
 # A full batch of 1000 conversions is validated synchronously; allow it time.
 DEFAULT_TIMEOUT_SECONDS = 30.0
 MAX_CONVERSION_AGE = timedelta(days=90)
@@ -115,9 +115,13 @@ def build_request(
     base_url: str,
     access_token: str,
     developer_token: str,
+    api_version: str,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> HttpRequest:
-    """One ApplyOfflineConversions request for postbacks that share a batch_key (at most MAX_BATCH)."""
+    """One ApplyOfflineConversions request for postbacks that share a batch_key (at most MAX_BATCH).
+
+    `api_version` as the URL path has it: `v13`.
+    """
     check_batch(postbacks, MAX_BATCH, batch_key)
     entry = postbacks[0]["entry"]
     headers = {
@@ -128,7 +132,8 @@ def build_request(
         "Content-Type": "application/json",
     }
     body = {"OfflineConversions": [offline_conversion(postback) for postback in postbacks]}
-    return HttpRequest("POST", join_url(base_url, ENDPOINT_PATH), headers, json_body(body), timeout_seconds)
+    url = join_url(base_url, f"/CampaignManagement/{api_version}/OfflineConversions/Apply")
+    return HttpRequest("POST", url, headers, json_body(body), timeout_seconds)
 
 
 def classify_response(

@@ -1,14 +1,15 @@
 """TikTok Events API 2.0: request builder and response classifier.
 
-Contract (shared/PLATFORM-APIS.md): `POST {base}/open_api/v1.3/event/track/` with header
+Contract (docs/destinations.md): `POST {base}/open_api/{version}/event/track/` (v1.3) with header
 `Access-Token`; body `{"event_source": "web", "event_source_id": <pixel code>, "data": [{event,
 event_time, event_id, user: {ttclid, external_id, email, phone, ip, user_agent}, properties: {value,
 currency}}]}`, up to 1000 events, email/phone/external_id SHA-256 hashed. The answer is an envelope
 `{code, message, request_id, data}`: code 0 is success, 40100 rate limited (unconfirmed). One bad
 row fails the whole batch. TikTok dedups on (event, event_id) within 48 h.
-PLATFORM-APIS.md names no documentation URL for TikTok; the facts above are the ones it lists.
+docs/destinations.md names no documentation URL for TikTok; the facts above are the ones it lists.
 
 Decisions:
+- `api_version` (`v1.3`) is an argument: TIKTOK_API_VERSION, default and end dates in `api_versions`.
 - `event_id` is the postback_id, so repeating a request whose outcome was unknown is safe.
 - `event`: the entry's `event_names[type]`, else DEFAULT_EVENT_NAMES, else the type itself (TikTok
   accepts custom events).
@@ -43,7 +44,6 @@ from dispatchers.platforms.common import (
 )
 
 MAX_BATCH = 1000
-ENDPOINT_PATH = "/open_api/v1.3/event/track/"
 DEFAULT_TIMEOUT_SECONDS = 10.0
 RATE_LIMITED_CODE = 40100
 SERVER_ERROR_CODES = range(50000, 60000)
@@ -80,7 +80,7 @@ def event_name(postback: Postback) -> str:
 def precheck(postback: Postback, now: datetime) -> Outcome | None:
     """REJECTED when the event cannot be matched to anyone; None when it may be sent.
 
-    `now` is unused (PLATFORM-APIS names no age limit for TikTok) but kept for one shared signature.
+    `now` is unused (docs/destinations.md names no age limit for TikTok) but kept for one shared signature.
     """
     del now
     user = user_fields(postback)
@@ -126,9 +126,10 @@ def build_request(
     *,
     base_url: str,
     access_token: str,
+    api_version: str,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> HttpRequest:
-    """One event/track request for postbacks that share a batch_key (at most MAX_BATCH)."""
+    """One event/track request for postbacks that share a batch_key (at most MAX_BATCH); `api_version`: `v1.3`."""
     check_batch(postbacks, MAX_BATCH, batch_key)
     entry = postbacks[0]["entry"]
     payload: dict[str, Any] = {
@@ -139,7 +140,8 @@ def build_request(
     if entry.get("test_event_code"):
         payload["test_event_code"] = entry["test_event_code"]
     headers = {"Access-Token": access_token, "Content-Type": "application/json"}
-    return HttpRequest("POST", join_url(base_url, ENDPOINT_PATH), headers, json_body(payload), timeout_seconds)
+    url = join_url(base_url, f"/open_api/{api_version}/event/track/")
+    return HttpRequest("POST", url, headers, json_body(payload), timeout_seconds)
 
 
 def classify_response(

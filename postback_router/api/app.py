@@ -7,9 +7,11 @@ workers' own validation; the state is behind `Backend`. Every answer, errors inc
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,13 +19,20 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from multidict import MultiDict
 from prometheus_client import CollectorRegistry
 
 from postback_router.api.auth import Verdict, check_bearer, check_intake_secret
 from postback_router.api.backend import Backend, Table, Unavailable, Write
 from postback_router.api.conversion_update import index_entry, updated_conversion
-from postback_router.api.intake import conversion_from_postback
+from postback_router.api.intake import (
+    PostbackRefused,
+    RefusedField,
+    conversion_from_postback,
+    keep_first_occurred_at,
+    known_charset,
+    read_fields,
+    split_urlencoded,
+)
 from postback_router.api.metrics import UNMATCHED_ROUTE, ApiMetrics
 from postback_router.api.openapi import build_openapi_document
 from postback_router.ops_http import Readiness, add_ops_routes
@@ -54,15 +63,32 @@ OFFER_SOURCES = _Documents("offer_sources", "offer_source_id", "offer source", p
 
 
 def error_response(
-    status: int, error: str, fields: list[FieldError] | None = None, headers: dict[str, str] | None = None
+    status: int,
+    error: str,
+    fields: Sequence[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+    reason: str | None = None,
 ) -> web.Response:
+    """`{"error", "reason"?, "fields"?: [{"field", "message", "reason"?}]}`: `reason` is a code a
+    client can act on (intake's refusals, a body that is not JSON or not UTF-8)."""
     body: dict[str, Any] = {"error": error}
+    if reason is not None:
+        body["reason"] = reason
     if fields is not None:
-        # the workers' parsers call the whole record "(record)"; here it is the request body
-        body["fields"] = [
-            {"field": "(body)" if f.field == "(record)" else f.field, "message": f.message} for f in fields
-        ]
+        body["fields"] = [_field_error(f) for f in fields]
     return _json(body, status, headers)
+
+
+def _field_error(error: FieldError) -> dict[str, str]:
+    # the workers' parsers call the whole record "(record)"; here it is the request body
+    shown = {"field": "(body)" if error.field == "(record)" else error.field, "message": error.message}
+    if isinstance(error, RefusedField):
+        shown["reason"] = error.reason
+    return shown
+
+
+def _refusal(refused: PostbackRefused) -> web.Response:
+    return error_response(400, "invalid postback", refused.errors, reason=refused.reason)
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -77,8 +103,34 @@ class _Reject(Exception):
         self.response = response
 
 
+class _KeyedLocks:
+    """One lock per key, held only while in use: intake calls for the same conversion_id run one
+    after the other in this process, so that the second reads the index entry the first wrote."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class Api:
-    def __init__(self, settings: Settings, backend: Backend, metrics: ApiMetrics) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend, metrics: ApiMetrics, clock: Callable[[], datetime] = utc_now
+    ) -> None:
         assert settings.api_token is not None, "the api needs API_TOKEN (checked by the cli)"
         self._token = settings.api_token
         self._intake_secret = settings.intake_secret
@@ -86,6 +138,8 @@ class Api:
         self._max_body_bytes = settings.api_max_body_bytes
         self._backend = backend
         self._metrics = metrics
+        self._clock = clock
+        self._intake_locks = _KeyedLocks()
         self._openapi = orjson.dumps(build_openapi_document(intake_secret_required=self._intake_secret is not None))
 
     def add_routes(self, app: web.Application) -> None:
@@ -211,7 +265,7 @@ class Api:
 
     async def postback(self, request: web.Request) -> web.StreamResponse:
         try:
-            fields = await _postback_fields(request)
+            fields, mistakes = await _postback_fields(request)
         except (_Reject, web.HTTPRequestEntityTooLarge):  # not a form, unreadable, too large
             self._metrics.count_intake("invalid")
             raise
@@ -221,19 +275,28 @@ class Api:
             if verdict is Verdict.MISSING:
                 return error_response(401, "the intake secret is required (X-Postback-Secret header or secret field)")
             return error_response(403, "wrong intake secret")
-        try:
-            event = conversion_from_postback(fields, datetime.now(UTC), self._max_conversion_bytes)
-        except InvalidInput as error:
+        if mistakes:  # text that is not UTF-8, a field given twice: answered once the caller is known
             self._metrics.count_intake("invalid")
-            return error_response(400, "invalid postback", error.errors)
+            return _refusal(PostbackRefused(mistakes))
+        try:
+            event = conversion_from_postback(fields, self._clock(), self._max_conversion_bytes)
+        except PostbackRefused as refused:
+            self._metrics.count_intake("unfilled_macro" if refused.reason == "unfilled_macro" else "invalid")
+            return _refusal(refused)
         conversion_id: str = event["conversion_id"]
         try:
-            await self._backend.write(
-                [
-                    Write("conversions", conversion_id, event),
-                    Write("conversion_index", conversion_id, index_entry(event)),
-                ]
-            )
+            # A repeat keeps the conversion's first occurred_at. The index read catches up with the
+            # topic's end, so it sees a first call acknowledged through any replica; the lock makes
+            # a repeat that arrives here while the first is still being written wait for it.
+            async with self._intake_locks.hold(conversion_id):
+                known = await self._backend.read("conversion_index", conversion_id)
+                event = keep_first_occurred_at(event, known)
+                await self._backend.write(
+                    [
+                        Write("conversions", conversion_id, event),
+                        Write("conversion_index", conversion_id, index_entry(event)),
+                    ]
+                )
         except Unavailable:
             self._metrics.count_intake("unavailable")
             raise
@@ -245,36 +308,79 @@ class Api:
         return web.Response(body=self._openapi, content_type="application/json")
 
 
-async def _postback_fields(request: web.Request) -> MultiDict[str]:
-    """The query string's fields, then the form's (a field in both: the form's value)."""
-    fields: MultiDict[str] = MultiDict(request.query)
+async def _postback_fields(request: web.Request) -> tuple[dict[str, str], list[RefusedField]]:
+    """The fields intake reads, from the query string and the form together, and what is wrong
+    with them (`read_fields`): text that is not UTF-8 (never replaced with U+FFFD, as aiohttp's own
+    request.query and request.post() do), a field given more than once."""
+    raw_query = request.rel_url.raw_query_string.encode("utf-8", "surrogateescape")
+    query = (split_urlencoded(raw_query), "utf-8")
     if request.method != "POST":
-        return fields
+        return read_fields(query)
     if request.content_type not in FORM_TYPES:
         if request.can_read_body and await request.content.read(1):
             raise _Reject(
                 error_response(415, "send the fields as a query string or a form (application/x-www-form-urlencoded)")
             )
-        return fields
+        return read_fields(query)
+    if request.content_type == "multipart/form-data":
+        return await _with_multipart_fields(request, query)
+    charset = request.charset or "utf-8"
+    if not known_charset(charset):
+        raise _Reject(error_response(415, "the form's charset is unknown: send it in UTF-8"))
+    body = await request.read()  # bounded by API_MAX_BODY_BYTES, as request.post() is
+    return read_fields(query, (split_urlencoded(body.rstrip()), charset))
+
+
+async def _with_multipart_fields(
+    request: web.Request, query: tuple[list[tuple[bytes, bytes]], str]
+) -> tuple[dict[str, str], list[RefusedField]]:
     try:
         form = await request.post()
-    except (ValueError, HttpProcessingError):  # undecodable text, a malformed multipart part
+    except UnicodeDecodeError:
+        # A text part that is not text in its charset; aiohttp does not say which, nor what the rest
+        # of the form holds (its secret among them), so this is answered before the secret is checked.
+        refused = PostbackRefused([RefusedField("(body)", "a form part is not text in its charset", "not_utf8")])
+        raise _Reject(_refusal(refused)) from None
+    except (ValueError, LookupError, HttpProcessingError):  # a malformed multipart part, an unknown charset
         raise _Reject(error_response(400, "the form cannot be read")) from None
-    for name in set(form):
-        value = form.get(name)
-        if isinstance(value, str):  # file parts of a multipart form are not postback fields
-            fields[name] = value
-    return fields
+    # file parts (and parts of a non-text type) are not postback fields; aiohttp decoded the text
+    # parts strictly, so encoding them back is lossless (and finds a surrogate, were there one)
+    parts = [
+        (name.encode("utf-8", "surrogatepass"), value.encode("utf-8", "surrogatepass"))
+        for name, value in form.items()
+        if isinstance(value, str)
+    ]
+    return read_fields(query, (parts, "utf-8"))
 
 
 async def _json_body(request: web.Request) -> Any:
     raw = await request.read()
     try:
         return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as error:
+        # orjson refuses invalid UTF-8 and lone surrogate escapes ("\ud800"): nothing becomes U+FFFD
+        if "surrogate" in str(error) or not _utf8(raw):
+            raise _Reject(
+                error_response(
+                    400,
+                    "the body is not UTF-8 JSON",
+                    [FieldError("(body)", "must be UTF-8, without lone surrogates (such as \\ud800)")],
+                    reason="not_utf8",
+                )
+            ) from None
         raise _Reject(
-            error_response(400, "the body is not JSON (UTF-8)", [FieldError("(body)", "must be JSON")])
+            error_response(
+                400, "the body is not JSON (UTF-8)", [FieldError("(body)", "must be JSON")], reason="not_json"
+            )
         ) from None
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _storable_id(key: str) -> bool:
@@ -312,10 +418,16 @@ def _http_error_message(exc: web.HTTPException, max_body_bytes: int) -> str:
 
 
 def build_app(
-    settings: Settings, backend: Backend, registry: CollectorRegistry, readiness: Readiness
+    settings: Settings,
+    backend: Backend,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    clock: Callable[[], datetime] = utc_now,
 ) -> web.Application:
-    """The application: the api's routes, /openapi.json and the operations routes, all on one port."""
-    api = Api(settings, backend, ApiMetrics(registry))
+    """The application: the api's routes, /openapi.json and the operations routes, all on one port.
+
+    `clock` gives the time a postback is taken in (tests move it)."""
+    api = Api(settings, backend, ApiMetrics(registry), clock)
     app = web.Application(client_max_size=settings.api_max_body_bytes, middlewares=[api.observe, api.json_errors])
     api.add_routes(app)
     add_ops_routes(app, registry, readiness)

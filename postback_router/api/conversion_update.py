@@ -2,12 +2,14 @@
 
 The api keeps the non-personal fields of every conversion it took in on the compacted
 `conversions.index` topic; an update is that record with the new fields, published again under
-the same conversion_id and occurred_at, so the worker sees an update (SPEC 2.5). Personal data is
-never kept, so an updated conversion carries no `user` block.
+the same conversion_id and occurred_at, so the worker sees an update (contract §2.5). Personal data is
+never kept, so an updated conversion carries no `user` block. A payout sent as a JSON number is
+written as its decimal string, as intake writes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +17,7 @@ import orjson
 
 from schemas import load_schema
 from streams.conversion import parse_conversion
+from streams.decimals import format_decimal, parse_decimal
 from streams.errors import FieldError, InvalidInput
 from streams.schema_checks import check_all
 
@@ -63,6 +66,7 @@ def updated_conversion(indexed: Mapping[str, Any], body: Any, max_bytes: int) ->
                 event.pop(name, None)
             else:
                 event[name] = body[name]
+    event = _payout_as_text(event)
     errors += [e for e in check_all("conversion", event) if e.field != "status"]
     if errors:
         raise _invalid(errors)
@@ -71,6 +75,17 @@ def updated_conversion(indexed: Mapping[str, Any], body: Any, max_bytes: int) ->
         parse_conversion(str(event["conversion_id"]).encode("utf-8"), orjson.dumps(event), max_bytes)
     except InvalidInput as error:
         raise _invalid(error.errors or [FieldError(error.field or "(body)", error.message)]) from None
+    return event
+
+
+def _payout_as_text(event: dict[str, Any]) -> dict[str, Any]:
+    """A payout given as a JSON number (the update's, or an older index entry's) as a decimal string:
+    12.5 -> "12.5", 20 -> "20", 1e2 -> "100". The string then has to fit the conversion schema's
+    decimal pattern (18 digits before the point, 12 after); a negative one is left to be refused."""
+    payout = event.get("payout")
+    if isinstance(payout, int | float) and not isinstance(payout, bool):
+        with contextlib.suppress(ValueError):
+            return {**event, "payout": format_decimal(parse_decimal(payout))}
     return event
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-IntakeResult = Literal["accepted", "invalid", "unauthorized", "unavailable"]
+IntakeResult = Literal["accepted", "invalid", "unfilled_macro", "unauthorized", "unavailable"]
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED_ROUTE = "(unmatched)"
 
@@ -32,7 +32,7 @@ class ApiMetrics:
             ["result"],
             registry=registry,
         )
-        for result in ("accepted", "invalid", "unauthorized", "unavailable"):
+        for result in get_args(IntakeResult):
             self.intake.labels(result)  # present at 0 from the start, so rate() works at once
 
     def observe(self, route: str, method: str, code: int, seconds: float) -> None:

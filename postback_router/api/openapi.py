@@ -86,7 +86,11 @@ _UNAUTHORIZED = _response(
 )
 _UNAVAILABLE = _error("Kafka did not answer in time, or the api is still starting. Repeat the request.")
 _TOO_LARGE = _error("The request body is larger than API_MAX_BODY_BYTES.")
-_BAD_JSON = "The body is not a JSON object, or the document is invalid; `fields` names each failing field."
+_BAD_JSON = (
+    "The body is not a JSON object, or the document is invalid; `fields` names each failing field. A body "
+    "that is not JSON has `reason` `not_json`; one that is not UTF-8, or holds a lone surrogate escape such "
+    "as `\\ud800`, `not_utf8`."
+)
 
 
 def _document_routes(path_id: str, what: str, stored: str, body: str, notes: str) -> dict[str, Any]:
@@ -149,7 +153,18 @@ it to the `conversions` topic (key: conversion_id, acks=all).
 `payout` is absent) the decimal payout, kept exact; `sub1`..`sub20` go to `subs`, the platform click \
 ids (`gclid`, `gbraid`, `wbraid`, `fbc`, `fbp`, `ttclid`, `msclkid`, `external_id`) to `click_ids`.
 * An empty value counts as absent (a macro the network left empty). Unknown fields are ignored.
-* `occurred_at` is the time the postback was received.
+* What a network sends by mistake is refused with 400, never guessed at; `reason` says which, and \
+each entry of `fields` has its own `reason`: `unfilled_macro`, a value still holding a macro \
+(a name of letters, digits, `_`, `-`, `.` starting with a letter or `_`, between `{}`, `[]` or `##`, \
+the delimiters maybe percent-encoded: `{clickid}`, `{{sub1}}`, `${sub1}`, `[CLICK_ID]`, `#s1#`, \
+`%7Bclickid%7D`; a lone `#` or `[` is no macro); `not_utf8`, a value that is not UTF-8 (an invalid \
+percent-encoded sequence such as `%C3%28`, or a surrogate such as `%ED%A0%80`), never replaced with \
+U+FFFD; `repeated_field`, a field given more than once (`?clickid=a&clickid=b`, or in both the query \
+string and the form). Otherwise `invalid_value` (and `missing_field` for a field). These checks \
+apply to the fields listed here; the intake secret is only compared (the header, else the first \
+`secret` given), and unknown fields are ignored whatever they hold.
+* `occurred_at` is the time the conversion was first received: calling the same postback again \
+(the same conversion_id) keeps it.
 * Without `conversion_id`, the id is derived from campaign_id, clickid, type and txid (UUID v5): a \
 repeated postback for the same click, type and transaction updates the same conversion (a status \
 change), a new type or transaction is a new conversion. A repeated postback replaces the \
@@ -167,7 +182,10 @@ def _intake_routes(secret_required: bool) -> dict[str, Any]:
     )
     responses = {
         "200": _response("Published.", _ref("Accepted")),
-        "400": _error("A field is missing or invalid; `fields` names each one (as sent, e.g. `clickid`, `sum`)."),
+        "400": _error(
+            "A field is missing or invalid; `fields` names each one (as sent, e.g. `clickid`, `sum`). `reason`: "
+            "`unfilled_macro`, `not_utf8`, `repeated_field` or `invalid_value` (see the description)."
+        ),
         "503": _UNAVAILABLE,
     }
     if secret_required:
@@ -193,7 +211,9 @@ def _intake_routes(secret_required: bool) -> dict[str, Any]:
             "operationId": "postback_post",
             "summary": "Take a conversion in (form fields)",
             "description": _INTAKE_DESCRIPTION + "\nForm fields are read together with the query string's; a "
-            "field in both is taken from the form. A `multipart/form-data` body is read too (file parts ignored).",
+            "field in both is a 400 (`repeated_field`). A `multipart/form-data` body is read too (file parts "
+            "ignored). A URL-encoded form is decoded in the `charset` its Content-Type names (UTF-8 by default); "
+            "an unknown charset is a 415.",
             "security": security,
             # multipart is not listed: schemathesis would send field names with control characters,
             # which a multipart header cannot carry (a 400 for a "valid" request in its eyes)
@@ -204,7 +224,7 @@ def _intake_routes(secret_required: bool) -> dict[str, Any]:
             "responses": {
                 **responses,
                 "413": _TOO_LARGE,
-                "415": _error("The body is not a form (URL-encoded or multipart)."),
+                "415": _error("The body is not a form (URL-encoded or multipart), or names an unknown charset."),
             },
         },
     }
@@ -222,7 +242,9 @@ def _conversion_routes() -> dict[str, Any]:
                 "matches). Only conversions taken in through this api can be updated: the api keeps their "
                 "non-personal fields on the compacted `conversions.index` topic. Personal data is never kept, "
                 "so an updated conversion carries no `user` block. A null `type`, `payout` or `currency` "
-                "resets it to its default."
+                "resets it to its default. A payout sent as a JSON number is written as its decimal string "
+                '(`12.5` as `"12.5"`), as intake writes it; it must then fit 18 digits before the point and 12 '
+                "after."
             ),
             "security": [{"bearerAuth": []}],
             "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ConversionUpdate")}}},
@@ -295,10 +317,17 @@ def build_openapi_document(*, intake_secret_required: bool) -> dict[str, Any]:
     rules = _embedded("campaign-rules", "CampaignRules")
     offer_source = _embedded("offer-source", "OfferSource")
     conversion = _embedded("conversion", "Conversion")
+    reason = {
+        "type": "string",
+        "description": (
+            "A code for what was wrong, where a client can act on it: `unfilled_macro`, `not_utf8`, "
+            "`repeated_field`, `missing_field`, `invalid_value` (intake), `not_json`, `not_utf8` (a JSON body)."
+        ),
+    }
     field_error = {
         "type": "object",
         "required": ["field", "message"],
-        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+        "properties": {"field": {"type": "string"}, "message": {"type": "string"}, "reason": reason},
     }
     schemas: dict[str, Any] = {
         **rules,
@@ -320,7 +349,11 @@ def build_openapi_document(*, intake_secret_required: bool) -> dict[str, Any]:
         "Error": {
             "type": "object",
             "required": ["error"],
-            "properties": {"error": {"type": "string"}, "fields": {"type": "array", "items": _ref("FieldError")}},
+            "properties": {
+                "error": {"type": "string"},
+                "reason": reason,
+                "fields": {"type": "array", "items": _ref("FieldError")},
+            },
         },
     }
     security_schemes: dict[str, Any] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}

@@ -43,6 +43,7 @@ COUNTERS = {
     "postback_conversions_invalid_total",
     "postback_matched_total",
     "postback_filtered_total",
+    "postback_pii_unusable_total",
     "postback_rules_invalid_total",
     "postback_deliveries_total",
     "postback_dead_letter_total",
@@ -60,6 +61,7 @@ GAUGES = {
     "postback_consumer_lag",
     "postback_ready",
     "postback_build_info",
+    "postback_platform_api_days_to_sunset",
 }
 HISTOGRAMS = {
     "postback_match_batch_seconds",

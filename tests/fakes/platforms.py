@@ -1,4 +1,4 @@
-"""Fake ad-platform servers on loopback that check requests the way shared/PLATFORM-APIS.md says the
+"""Fake ad-platform servers on loopback that check requests the way docs/destinations.md says the
 real APIs do, answer in the real error shapes, and can be told to fail.
 
 Every fake: `base_url = await fake.start()`, `await fake.stop()` (or `async with fake:`), `.received`
@@ -21,19 +21,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import re
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
+
+from dispatchers.platforms.api_versions import DEFAULT_VERSIONS, SUNSETS
 
 FailureMode = Literal["rate_limit", "server_error", "unavailable", "timeout", "invalid_token", "partial"]
 Clock = Callable[[], datetime]
@@ -181,9 +184,19 @@ def _google_error(code: Mapping[str, str], message: str, index: int | None = Non
     return error
 
 
+# The API version of the request being answered: Google names it in every GoogleAdsFailure's @type.
+_google_version: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "google_version", default=DEFAULT_VERSIONS["google_ads"]
+)
+# The sunset dates Google has published (exact ones only; projected months are not announcements).
+GOOGLE_SUNSETS: Mapping[str, date] = {
+    version: sunset.day for version, sunset in SUNSETS["google_ads"].items() if not sunset.projected
+}
+
+
 def _google_failure(errors: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "@type": "type.googleapis.com/google.ads.googleads.v21.errors.GoogleAdsFailure",
+        "@type": f"type.googleapis.com/google.ads.googleads.{_google_version.get()}.errors.GoogleAdsFailure",
         "errors": errors,
         "requestId": uuid.uuid4().hex[:22],
     }
@@ -197,7 +210,12 @@ def _google_status(status: int, grpc: str, message: str, errors: list[dict[str, 
 
 
 class FakeGoogleAds(FakeServer):
-    """UploadClickConversions. Dedup key in `.delivered`: the orderId."""
+    """UploadClickConversions. Dedup key in `.delivered`: the orderId.
+
+    Any `v<N>` path is served, except a version whose sunset date (`sunsets`, default Google's published
+    ones) is on or before the fake's clock: that is refused as Google does, HTTP 400 INVALID_ARGUMENT
+    with `requestError: UNSUPPORTED_VERSION`, before credentials are looked at.
+    """
 
     def __init__(
         self,
@@ -205,12 +223,14 @@ class FakeGoogleAds(FakeServer):
         access_token: str = "google-access-token",
         developer_token: str = "google-developer-token",
         login_customer_id: str | None = None,
+        sunsets: Mapping[str, date] | None = None,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(clock)
         self.tokens: set[str] = {access_token}
         self.developer_token = developer_token
         self.login_customer_id = login_customer_id
+        self.sunsets: Mapping[str, date] = GOOGLE_SUNSETS if sunsets is None else sunsets
         self.conversions: list[dict[str, Any]] = []
         self._order_ids: set[str] = set()
 
@@ -219,12 +239,21 @@ class FakeGoogleAds(FakeServer):
 
     async def _handle(self, request: web.Request) -> web.Response:
         received = await self._record(request)
+        version = request.match_info["version"]
+        _google_version.set(version)  # this request's task only: answers name its version
         failure = self._next_failure()
         if failure is not None and failure.mode != "partial":
             return await self._scripted(failure)
         customer = re.fullmatch(r"(\d+):uploadClickConversions", request.match_info["target"])
-        if not re.fullmatch(r"v\d+", request.match_info["version"]) or customer is None:
+        if not re.fullmatch(r"v\d+", version) or customer is None:
             return web.json_response({"error": {"code": 404, "status": "NOT_FOUND"}}, status=404)
+        sunset = self.sunsets.get(version)
+        if sunset is not None and sunset <= self.clock().date():
+            error = _google_error(
+                {"requestError": "UNSUPPORTED_VERSION"},
+                f"Version {version} is deprecated. Requests to this version will be blocked.",
+            )
+            return _google_status(400, "INVALID_ARGUMENT", "Request contains an invalid argument.", [error])
         refused = self._check_headers(request)
         if refused is not None:
             return refused
@@ -395,7 +424,7 @@ class FakeMeta(FakeServer):
             if problem is not None:
                 return _meta_error(400, 100, "Invalid parameter", error_user_msg=f"event {index}: {problem}")
             if event["event_time"] < oldest:
-                # subcode unconfirmed; the whole request fails, as PLATFORM-APIS says.
+                # subcode unconfirmed; the whole request fails, as docs/destinations.md says.
                 return _meta_error(
                     400,
                     100,
@@ -469,7 +498,7 @@ def _tiktok(code: int, message: str, status: int = 200, headers: Mapping[str, st
 
 TIKTOK_BAD_PARAMETER = 40002  # unconfirmed
 TIKTOK_INVALID_TOKEN = 40105  # unconfirmed
-TIKTOK_RATE_LIMITED = 40100  # unconfirmed (PLATFORM-APIS)
+TIKTOK_RATE_LIMITED = 40100  # unconfirmed (docs/destinations.md)
 
 
 class FakeTikTok(FakeServer):

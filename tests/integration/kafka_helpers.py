@@ -158,7 +158,7 @@ class Deployment:
             "STATE_DIR": str(self.tmp_path / "state"),
             "TOPIC_PARTITIONS": "4",
             "EMIT_EVALUATIONS": "true",
-            # short, so that a killed worker's partitions move quickly (KAFKA-LOCAL.md)
+            # short, so that a killed worker's partitions move quickly (docs/embedded-broker.md)
             "KAFKA_SESSION_TIMEOUT": "6s",
             "KAFKA_HEARTBEAT_INTERVAL": "1s",
             "LOG_LEVEL": "INFO",

@@ -19,12 +19,13 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+from yarl import URL
 
 from postback_router.api.openapi import build_openapi_document
 from tests import factories as f
 from tests.integration.kafka_helpers import Deployment, Record, WorkerProcess, count_at_least
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.time_dependent]
 
 TOKEN = "integration-token-0123456789"
 SECRET = "integration-intake-secret-0123"
@@ -219,6 +220,79 @@ async def test_intake_refuses_bad_input_and_a_missing_secret(http: aiohttp.Clien
         assert response.status == 400
         fields = {e["field"] for e in (await response.json())["fields"]}
     assert fields == {"clickid", "status"}
+
+
+async def test_calling_intake_again_keeps_the_first_occurred_at(api: RunningApi, http: aiohttp.ClientSession) -> None:
+    params = {"clickid": "again-1", "campaign_id": "again-camp", "type": "deposit", "status": "pending", "sum": "5"}
+    answers = []
+    for status in ("pending", "approved"):  # one after the other: the second sees the first in the index
+        async with http.get("/v1/postback", params={**params, "status": status}, headers=INTAKE) as response:
+            assert response.status == 200
+            answers.append((await response.json())["conversion_id"])
+    # then two at once, for a conversion this api has not seen: the second waits for the first
+    concurrent = {**params, "clickid": "again-2"}
+
+    async def call(status: str) -> str:
+        async with http.get("/v1/postback", params={**concurrent, "status": status}, headers=INTAKE) as response:
+            assert response.status == 200
+            conversion_id: str = (await response.json())["conversion_id"]
+            return conversion_id
+
+    answers += await asyncio.gather(call("pending"), call("approved"))
+    first, second = answers[0], answers[2]
+    assert answers == [first, first, second, second]
+    records = await api.deployment.wait_for(
+        "conversions",
+        lambda rs: len(values_of(rs, first)) >= 2 and len(values_of(rs, second)) >= 2,
+        "two events of each conversion",
+    )
+    for conversion_id in (first, second):
+        events = values_of(records, conversion_id)
+        assert sorted(e["status"] for e in events) == ["approved", "pending"]
+        assert len({e["occurred_at"] for e in events}) == 1, events
+
+
+async def unfilled_macros_counted(http: aiohttp.ClientSession) -> float:
+    async with http.get("/metrics") as response:
+        text = await response.text()
+    (line,) = [line for line in text.splitlines() if line.startswith('postback_intake_total{result="unfilled_macro"}')]
+    return float(line.rsplit(" ", 1)[1])
+
+
+async def test_intake_refuses_what_a_network_sent_by_mistake(api: RunningApi, http: aiohttp.ClientSession) -> None:
+    base = "/v1/postback?campaign_id=mistake-camp"
+    counted_before = await unfilled_macros_counted(http)
+    for query, reason, field in (
+        ("&clickid=%7Bclickid%7D", "unfilled_macro", "clickid"),
+        ("&clickid=c&sub1=%5BSUB1%5D", "unfilled_macro", "sub1"),
+        ("&clickid=c&txid=%C3%28", "not_utf8", "txid"),
+        ("&clickid=c&sub2=%ED%A0%80", "not_utf8", "sub2"),
+        ("&clickid=a&clickid=b", "repeated_field", "clickid"),
+    ):
+        async with http.get(URL(base + query, encoded=True), headers=INTAKE) as response:
+            assert response.status == 400, query
+            answer = await response.json()
+        assert answer["reason"] == reason
+        assert [(e["field"], e["reason"]) for e in answer["fields"]] == [(field, reason)]
+    assert await unfilled_macros_counted(http) == counted_before + 2
+    topic = await api.deployment.read("conversions")
+    assert not any(b"mistake-camp" in (r.value or b"") for r in topic)
+
+
+async def test_patch_publishes_a_numeric_payout_as_a_decimal_string(
+    api: RunningApi, http: aiohttp.ClientSession
+) -> None:
+    params = {"clickid": "num-1", "campaign_id": "num-camp", "status": "pending", "sum": "1.50"}
+    async with http.get("/v1/postback", params=params, headers=INTAKE) as response:
+        conversion_id = (await response.json())["conversion_id"]
+    body = b'{"status": "approved", "payout": 12.5}'
+    headers = {**AUTH, "Content-Type": "application/json"}
+    async with http.patch(f"/v1/conversions/{conversion_id}", data=body, headers=headers) as response:
+        assert response.status == 202, await response.text()
+    records = await api.deployment.wait_for(
+        "conversions", lambda rs: len(values_of(rs, conversion_id)) >= 2, "the conversion and its update"
+    )
+    assert [e["payout"] for e in values_of(records, conversion_id)] == ["1.50", "12.5"]
 
 
 async def test_a_postback_url_longer_than_aiohttps_default_line_limit(http: aiohttp.ClientSession) -> None:

@@ -16,7 +16,7 @@ from tests import factories as f
 from tests.fakes.platforms import FakeGoogleAds, FakeMeta, FakeOAuthServer
 from tests.integration.kafka_helpers import Deployment
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.time_dependent]
 
 OAUTH = {"client_id": "oauth-client-id", "client_secret": "oauth-client-secret", "refresh_token": "oauth-refresh-token"}
 

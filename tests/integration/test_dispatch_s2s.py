@@ -14,7 +14,7 @@ from tests import factories as f
 from tests.fakes.s2s_sink import S2SSink
 from tests.integration.kafka_helpers import Deployment, Record
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.time_dependent]
 
 DISPATCH_ENV = {
     "POSTBACK_ALLOW_PRIVATE_TARGETS": "1",  # the sink is on loopback

@@ -7,7 +7,7 @@ import pytest
 from tests import factories as f
 from tests.integration.kafka_helpers import Deployment, Record, count_at_least
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.time_dependent]
 
 
 def by_conversion(records: list[Record]) -> dict[str, list[dict]]:

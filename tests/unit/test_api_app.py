@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from aiohttp import FormData
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from postback_router.api.app import build_app
+from postback_router.api.app import build_app, utc_now
 from postback_router.api.backend import Table, Unavailable, Write
 from postback_router.ops_http import Readiness
 from postback_router.settings import Settings, load_settings
@@ -71,9 +73,14 @@ def registry() -> CollectorRegistry:
     return CollectorRegistry()
 
 
-async def started(app_settings: Settings, backend: MemoryBackend, registry: CollectorRegistry) -> TestClient:
+async def started(
+    app_settings: Settings,
+    backend: MemoryBackend,
+    registry: CollectorRegistry,
+    clock: Callable[[], datetime] = utc_now,
+) -> TestClient:
     readiness = Readiness(registry, ["kafka"])
-    client = TestClient(TestServer(build_app(app_settings, backend, registry, readiness)))
+    client = TestClient(TestServer(build_app(app_settings, backend, registry, readiness, clock)))
     await client.start_server()
     return client
 
@@ -265,16 +272,17 @@ async def test_intake_by_get_publishes_the_conversion_and_its_index_entry(
 
 async def test_intake_by_post_form_and_query_together(client: TestClient, backend: MemoryBackend) -> None:
     response = await client.post(
-        "/v1/postback?campaign_id=k&status=pending", data={"clickid": "rt-2", "status": "approved", "payout": "3"}
+        "/v1/postback?campaign_id=k", data={"clickid": "rt-2", "status": "approved", "payout": "3"}
     )
     assert response.status == 200
     (conversion,) = backend.on("conversions")
     assert conversion.value is not None
-    assert (conversion.value["click_id"], conversion.value["status"], conversion.value["payout"]) == (
+    assert (conversion.value["campaign_id"], conversion.value["click_id"], conversion.value["status"]) == (
+        "k",
         "rt-2",
-        "approved",  # the form's value wins over the query's
-        "3",
+        "approved",
     )
+    assert conversion.value["payout"] == "3"
 
 
 async def test_intake_by_multipart_form_ignores_files(client: TestClient, backend: MemoryBackend) -> None:
@@ -309,11 +317,13 @@ async def test_invalid_postbacks_are_400_naming_each_field_as_sent(
     assert response.status == 400
     assert await response.json() == {
         "error": "invalid postback",
+        "reason": "invalid_value",
         "fields": [
-            {"field": "clickid", "message": "is required"},
+            {"field": "clickid", "message": "is required", "reason": "missing_field"},
             {
                 "field": "sum",
                 "message": "must be a decimal number such as 12.50 (at most 18 digits before the point and 12 after)",
+                "reason": "invalid_value",
             },
         ],
     }
@@ -345,6 +355,337 @@ async def test_intake_unavailable_is_counted(
     backend.failing = True
     assert (await client.get("/v1/postback", params={"clickid": "c", "campaign_id": "k"})).status == 503
     assert registry.get_sample_value("postback_intake_total", {"result": "unavailable"}) == 1
+
+
+# -- what a network sends by mistake
+
+
+def intake_results(registry: CollectorRegistry) -> dict[str, float | None]:
+    results = ("accepted", "invalid", "unfilled_macro", "unauthorized", "unavailable")
+    return {result: registry.get_sample_value("postback_intake_total", {"result": result}) for result in results}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "clickid={clickid}&campaign_id=k",
+        "clickid=%7Bclickid%7D&campaign_id=k",  # {clickid}, sent encoded: the network left it unfilled
+        "clickid=%257Bclickid%257D&campaign_id=k",  # %7Bclickid%7D once the query string is decoded
+        "clickid=%5BCLICK_ID%5D&campaign_id=k",
+        "clickid=%23clickid%23&campaign_id=k",  # #clickid#: a raw # would end the URL
+        "clickid=%7B%7Bclickid%7D%7D&campaign_id=k",
+        "clickid=%24%7Bclickid%7D&campaign_id=k",
+        "clickid=[CLICK_ID]&campaign_id=k&sub1=ok",
+    ],
+)
+async def test_an_unfilled_macro_is_400_naming_the_field(
+    client: TestClient, backend: MemoryBackend, registry: CollectorRegistry, query: str
+) -> None:
+    response = await client.get(f"/v1/postback?{query}")
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["reason"] == "unfilled_macro"
+    assert [(e["field"], e["reason"]) for e in answer["fields"]] == [("clickid", "unfilled_macro")]
+    assert backend.written == []
+    assert intake_results(registry) == {
+        "accepted": 0,
+        "invalid": 0,
+        "unfilled_macro": 1,
+        "unauthorized": 0,
+        "unavailable": 0,
+    }
+
+
+async def test_an_unfilled_macro_in_a_form_is_400_with_the_other_errors(
+    client: TestClient, backend: MemoryBackend
+) -> None:
+    response = await client.post(
+        "/v1/postback", data={"campaign_id": "k", "clickid": "c", "sub7": "{sub7}", "sum": "x"}
+    )
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["reason"] == "unfilled_macro"
+    assert [(e["field"], e["reason"]) for e in answer["fields"]] == [
+        ("sum", "invalid_value"),
+        ("sub7", "unfilled_macro"),
+    ]
+    assert backend.written == []
+
+
+async def test_look_alikes_of_macros_are_taken_in(client: TestClient, backend: MemoryBackend) -> None:
+    params = {"clickid": "c#1", "campaign_id": "k", "sub1": "[1]", "sub2": "a{b", "sub3": "%clickid%", "txid": "#"}
+    assert (await client.get("/v1/postback", params=params)).status == 200
+    (conversion,) = backend.on("conversions")
+    assert conversion.value is not None
+    assert conversion.value["subs"] == {"sub1": "[1]", "sub2": "a{b", "sub3": "%clickid%"}
+    assert (conversion.value["click_id"], conversion.value["transaction_id"]) == ("c#1", "#")
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    ["%C3%28", "%ED%A0%80", "%ED%BF%BF", "%FF", "%C3", "%E2%82%28", "%C0%AF"],
+)
+async def test_a_query_value_that_is_not_utf8_is_400_naming_the_field(
+    client: TestClient, backend: MemoryBackend, registry: CollectorRegistry, encoded: str
+) -> None:
+    response = await client.get(f"/v1/postback?clickid=c&campaign_id=k&sub4=a{encoded}")
+    assert response.status == 400
+    assert await response.json() == {
+        "error": "invalid postback",
+        "reason": "not_utf8",
+        "fields": [
+            {
+                "field": "sub4",
+                "message": "is not UTF-8 text (an invalid byte sequence or a lone surrogate)",
+                "reason": "not_utf8",
+            }
+        ],
+    }
+    assert backend.written == []
+    assert registry.get_sample_value("postback_intake_total", {"result": "invalid"}) == 1
+
+
+async def test_utf8_query_values_are_taken_in_exactly(client: TestClient, backend: MemoryBackend) -> None:
+    assert (await client.get("/v1/postback?clickid=%C3%A9%F0%9F%98%80&campaign_id=k&country=M%FCnchen")).status == 200
+    (conversion,) = backend.on("conversions")
+    assert conversion.value is not None and conversion.value["click_id"] == "é😀"
+
+
+async def test_a_form_value_that_is_not_utf8_is_400_naming_the_field(
+    client: TestClient, backend: MemoryBackend
+) -> None:
+    response = await client.post(
+        "/v1/postback",
+        data=b"clickid=c&campaign_id=k&txid=%ED%A0%80",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["reason"] == "not_utf8"
+    assert [(e["field"], e["reason"]) for e in answer["fields"]] == [("txid", "not_utf8")]
+    raw = await client.post(
+        "/v1/postback",
+        data=b"clickid=\xff&campaign_id=k",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert raw.status == 400 and (await raw.json())["fields"][0]["field"] == "clickid"
+    assert backend.written == []
+
+
+async def test_a_form_in_a_declared_charset_is_decoded_with_it(client: TestClient, backend: MemoryBackend) -> None:
+    response = await client.post(
+        "/v1/postback",
+        data=b"clickid=M%FCnchen&campaign_id=k",
+        headers={"Content-Type": "application/x-www-form-urlencoded; charset=iso-8859-1"},
+    )
+    assert response.status == 200
+    assert backend.on("conversions")[0].value["click_id"] == "München"  # type: ignore[index]
+    unknown = await client.post(
+        "/v1/postback", data=b"clickid=c", headers={"Content-Type": "application/x-www-form-urlencoded; charset=nope"}
+    )
+    assert unknown.status == 415
+
+
+async def test_a_multipart_part_that_is_not_utf8_is_400(client: TestClient, backend: MemoryBackend) -> None:
+    boundary = "b0undary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="clickid"\r\n\r\nc\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="campaign_id"\r\n\r\n'
+        ).encode()
+        + b"\xc3\x28\r\n--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
+    response = await client.post(
+        "/v1/postback", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["reason"] == "not_utf8"
+    assert [(e["field"], e["reason"]) for e in answer["fields"]] == [("(body)", "not_utf8")]
+    assert backend.written == []
+
+
+@pytest.mark.parametrize(
+    ("path", "form", "repeated"),
+    [
+        ("/v1/postback?clickid=a&clickid=b&campaign_id=k", None, ["clickid"]),
+        ("/v1/postback?clickid=a&clickid=a&campaign_id=k", None, ["clickid"]),
+        ("/v1/postback?clickid=a&campaign_id=k&sub1=&sub1=x&sum=1&sum=2", None, ["sub1", "sum"]),
+        (
+            "/v1/postback",
+            [("clickid", "a"), ("campaign_id", "k"), ("status", "pending"), ("status", "approved")],
+            ["status"],
+        ),
+        ("/v1/postback?campaign_id=k&status=pending", [("clickid", "a"), ("status", "approved")], ["status"]),
+    ],
+)
+async def test_a_field_given_more_than_once_is_400_naming_it(
+    client: TestClient,
+    backend: MemoryBackend,
+    registry: CollectorRegistry,
+    path: str,
+    form: list[tuple[str, str]] | None,
+    repeated: list[str],
+) -> None:
+    if form is None:
+        response = await client.get(path)
+    else:
+        response = await client.post(path, data=form)
+    assert response.status == 400
+    answer = await response.json()
+    assert answer["reason"] == "repeated_field"
+    assert [(e["field"], e["reason"]) for e in answer["fields"]] == [(name, "repeated_field") for name in repeated]
+    assert backend.written == []
+    assert registry.get_sample_value("postback_intake_total", {"result": "invalid"}) == 1
+
+
+async def test_the_intake_secret_is_checked_before_mistakes_are_answered(
+    secured: TestClient, backend: MemoryBackend, registry: CollectorRegistry
+) -> None:
+    mistakes = "/v1/postback?clickid=a&clickid=b&campaign_id=k&sub1=%FF"
+    assert (await secured.get(mistakes)).status == 401
+    assert (await secured.get(mistakes + "&secret=wrong")).status == 403
+    assert (await secured.get(mistakes, headers={"X-Postback-Secret": "wrong"})).status == 403
+    # schemathesis' "invalid credentials": a wrong secret in the query and the form
+    assert (await secured.post("/v1/postback?secret=wrong", data={"clickid": "a", "secret": "also"})).status == 403
+    assert registry.get_sample_value("postback_intake_total", {"result": "unauthorized"}) == 4
+    known = await secured.get(mistakes, headers={"X-Postback-Secret": SECRET})
+    assert known.status == 400
+    assert [(e["field"], e["reason"]) for e in (await known.json())["fields"]] == [
+        ("sub1", "not_utf8"),
+        ("clickid", "repeated_field"),
+    ]
+    assert backend.written == []
+    # the secret is no conversion field: given twice it is only compared, the first one authenticates
+    twice = await secured.post(
+        f"/v1/postback?secret={SECRET}", data={"clickid": "a", "campaign_id": "k", "secret": "x"}
+    )
+    assert twice.status == 200
+
+
+async def test_a_repeated_field_intake_does_not_read_is_ignored(client: TestClient) -> None:
+    assert (await client.get("/v1/postback?clickid=a&campaign_id=k&aff=1&aff=2")).status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"status": "\\ud800"}', "not_utf8"),  # a lone surrogate escape
+        (b'{"status": "approved", "type": "\\udc00x"}', "not_utf8"),
+        (b'{"status": "appr\xc3\x28oved"}', "not_utf8"),
+        (b'{"status": "\xed\xa0\x80"}', "not_utf8"),
+        (b'{"status": ', "not_json"),
+    ],
+)
+async def test_a_json_body_that_is_not_utf8_is_400(
+    client: TestClient, backend: MemoryBackend, body: bytes, reason: str
+) -> None:
+    backend.tables["conversion_index"]["cv"] = f.conversion("cv")
+    for method, path in (("PATCH", "/v1/conversions/cv"), ("PUT", "/v1/offer-sources/o")):
+        response = await client.request(method, path, data=body, headers={**AUTH, "Content-Type": "application/json"})
+        assert response.status == 400
+        answer = await response.json()
+        assert answer["reason"] == reason
+        assert [e["field"] for e in answer["fields"]] == ["(body)"]
+    assert backend.written == []
+
+
+class SteppingClock:
+    """A clock that moves one second on every reading, from the current time."""
+
+    def __init__(self) -> None:
+        self.start = datetime.now(UTC).replace(microsecond=0)
+        self.readings: list[datetime] = []
+
+    def __call__(self) -> datetime:
+        moment = self.start + timedelta(seconds=len(self.readings))
+        self.readings.append(moment)
+        return moment
+
+
+def as_occurred_at(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def test_calling_intake_again_keeps_the_first_occurred_at(
+    backend: MemoryBackend, registry: CollectorRegistry
+) -> None:
+    clock = SteppingClock()
+    client = await started(settings(), backend, registry, clock)
+    try:
+        params = {"clickid": "rep-1", "campaign_id": "k", "type": "deposit", "status": "pending", "sum": "10"}
+        first = await (await client.get("/v1/postback", params=params)).json()
+        again = await (await client.get("/v1/postback", params={**params, "status": "approved"})).json()
+        other = await (await client.get("/v1/postback", params={**params, "type": "lead"})).json()
+    finally:
+        await client.close()
+    assert first["conversion_id"] == again["conversion_id"] != other["conversion_id"]
+    assert len(clock.readings) == 3  # the clock moved between the calls
+    written = [(w.key, w.value["occurred_at"], w.value["status"]) for w in backend.on("conversions") if w.value]
+    assert written == [
+        (first["conversion_id"], as_occurred_at(clock.readings[0]), "pending"),
+        (first["conversion_id"], as_occurred_at(clock.readings[0]), "approved"),  # not readings[1]
+        (other["conversion_id"], as_occurred_at(clock.readings[2]), "pending"),
+    ]
+    assert backend.tables["conversion_index"][first["conversion_id"]]["occurred_at"] == as_occurred_at(
+        clock.readings[0]
+    )
+
+
+class GatedBackend(MemoryBackend):
+    """Writes wait for `release`: a first call still being written when the repeat arrives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def write(self, writes: Sequence[Write]) -> None:
+        await self.release.wait()
+        await super().write(writes)
+
+
+async def poll(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+async def test_a_repeat_arriving_while_the_first_call_is_written_keeps_its_occurred_at(
+    registry: CollectorRegistry,
+) -> None:
+    backend = GatedBackend()
+    clock = SteppingClock()
+    client = await started(settings(), backend, registry, clock)
+    try:
+        params = {"clickid": "rep-2", "campaign_id": "k", "status": "pending"}
+        calls = [
+            asyncio.create_task(client.get("/v1/postback", params=params)),
+            asyncio.create_task(client.get("/v1/postback", params={**params, "status": "approved"})),
+        ]
+        await poll(lambda: len(clock.readings) == 2, "both calls to be taken in")  # neither written yet
+        backend.release.set()
+        responses = await asyncio.gather(*calls)
+        assert [r.status for r in responses] == [200, 200]
+    finally:
+        await client.close()
+    occurred = {w.value["occurred_at"] for w in backend.on("conversions") if w.value}
+    assert len(backend.on("conversions")) == 2
+    assert occurred == {as_occurred_at(min(clock.readings))}
+
+
+async def test_patch_writes_a_numeric_payout_as_a_decimal_string(client: TestClient, backend: MemoryBackend) -> None:
+    taken = await client.get("/v1/postback", params={"clickid": "c", "campaign_id": "k", "sum": "1.10"})
+    conversion_id = (await taken.json())["conversion_id"]
+    response = await client.patch(
+        f"/v1/conversions/{conversion_id}", data=b'{"status": "approved", "payout": 20.5}', headers=AUTH
+    )
+    assert response.status == 202
+    assert (await response.json())["payout"] == "20.5"
+    assert [w.value["payout"] for w in backend.on("conversions") if w.value] == ["1.10", "20.5"]
+    assert backend.tables["conversion_index"][conversion_id]["payout"] == "20.5"
 
 
 # -- status updates

@@ -43,7 +43,36 @@ def test_a_status_update_keeps_everything_else() -> None:
 
 def test_type_payout_and_currency_can_change_too() -> None:
     updated = update({"status": "approved", "type": "purchase", "payout": 12.5, "currency": "USD"})
-    assert updated == {**INDEXED, "status": "approved", "type": "purchase", "payout": 12.5, "currency": "USD"}
+    assert updated == {**INDEXED, "status": "approved", "type": "purchase", "payout": "12.5", "currency": "USD"}
+
+
+@pytest.mark.parametrize(
+    ("payout", "written"),
+    [
+        (12.5, "12.5"),
+        (20, "20"),
+        (0, "0"),
+        (0.1, "0.1"),  # the literal sent, not the float's binary expansion
+        (40.0, "40"),
+        (1e2, "100"),
+        (1.5e-5, "0.000015"),
+        (123456789012345678, "123456789012345678"),
+        ("40.10", "40.10"),  # a string is kept exactly as sent
+        ("0", "0"),
+    ],
+)
+def test_the_payout_is_written_as_a_decimal_string(payout: Any, written: str) -> None:
+    assert update({"status": "approved", "payout": payout})["payout"] == written
+
+
+def test_a_numeric_payout_in_an_older_index_entry_is_written_as_a_string_too() -> None:
+    older = {**INDEXED, "payout": 7.25}
+    assert updated_conversion(older, {"status": "approved"}, 65_536)["payout"] == "7.25"
+
+
+@pytest.mark.parametrize("payout", [-1, -0.5, 1e20, 1e-13, True])
+def test_numeric_payouts_that_do_not_fit_a_decimal_string_are_refused(payout: Any) -> None:
+    assert failing_fields({"status": "approved", "payout": payout}) == {"payout"}
 
 
 def test_null_resets_a_field_to_its_default() -> None:

@@ -110,3 +110,19 @@ def test_management_routes_need_the_bearer_token() -> None:
             needs_token = path.startswith(("/v1/campaigns", "/v1/offer-sources", "/v1/conversions"))
             assert (operation.get("security") == [{"bearerAuth": []}]) is needs_token, (method, path)
             assert ("401" in operation["responses"]) is (needs_token or bool(operation.get("security"))), path
+
+
+def test_intake_documents_its_400_reasons_and_refuses_macros_in_every_parameter() -> None:
+    document = build_openapi_document(intake_secret_required=False)
+    get = document["paths"]["/v1/postback"]["get"]
+    for reason in ("unfilled_macro", "not_utf8", "repeated_field", "invalid_value"):
+        assert reason in get["responses"]["400"]["description"] and reason in get["description"]
+    for parameter in get["parameters"]:
+        schema = jsonschema.Draft202012Validator(parameter["schema"])
+        assert not schema.is_valid("{" + parameter["name"] + "}"), parameter["name"]
+    refusal = {
+        "error": "invalid postback",
+        "reason": "unfilled_macro",
+        "fields": [{"field": "clickid", "message": "holds a macro", "reason": "unfilled_macro"}],
+    }
+    assert validator(document, "Error").is_valid(refusal)

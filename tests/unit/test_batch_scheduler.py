@@ -23,6 +23,7 @@ from dispatchers.circuit_breaker import CircuitBreakers
 from dispatchers.http_boundary import AiohttpTransport
 from dispatchers.oauth import OAuthTokenCache
 from dispatchers.platforms import microsoft_ads
+from dispatchers.platforms.api_versions import DEFAULT_VERSIONS
 from dispatchers.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.retry_policy import RetryPolicy
 from dispatchers.scheduler_core import FinalOutcome
@@ -340,6 +341,43 @@ async def test_microsoft_event_slightly_in_future_waits_then_goes_out(make: Make
     await finals.wait_for(2)
     assert [(f.result, f.attempts) for f in finals.items] == [("delivered", 1)] * 2
     assert Counter(platform.fake.delivered) == Counter([dedup_key(early), dedup_key(later)])
+
+
+# --- API version ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_requests_use_the_default_api_version_when_none_is_configured(kind: str, make: Make) -> None:
+    platform = await make.platform(kind)
+    finals = Finals()
+    scheduler = make.scheduler(platform, finals)
+    scheduler.submit(postbacks(kind, 1)[0])
+    await scheduler.start()
+    await finals.wait_for(1)
+    assert finals.items[0].result == "delivered"
+    (request,) = platform.fake.received
+    assert f"/{DEFAULT_VERSIONS[kind]}/" in request.path
+
+
+async def test_google_requests_use_the_configured_version_and_a_sunset_one_is_rejected(make: Make) -> None:
+    platform = await make.platform("google_ads")
+    finals = Finals()
+    live, sunset = postbacks("google_ads", 2)
+    configured = make.scheduler(platform, finals, api_version="v25")
+    configured.submit(live)
+    await configured.start()
+    await finals.wait_for(1)
+    assert platform.fake.received[-1].path == "/v25/customers/1234567890:uploadClickConversions"
+    retired = make.scheduler(platform, finals, api_version="v21")  # sunset 2026-08-05
+    retired.submit(sunset)
+    await retired.start()
+    await finals.wait_for(2)
+    assert platform.fake.received[-1].path == "/v21/customers/1234567890:uploadClickConversions"
+    outcomes = {f.postback["postback_id"]: (f.result, f.last_outcome.reason, f.attempts) for f in finals.items}
+    assert outcomes == {
+        live["postback_id"]: ("delivered", "http_200", 1),
+        sunset["postback_id"]: ("rejected", "UNSUPPORTED_VERSION", 1),
+    }
 
 
 # --- batch size -------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Parsing `conversions` records (SPEC 3): every refusal has a bounded reason and never echoes the value."""
+"""Parsing `conversions` records (contract §3): every refusal has a bounded reason and never echoes the value."""
 
 from __future__ import annotations
 
@@ -81,6 +81,10 @@ INVALID = [
     pytest.param(event(currency="US"), "invalid_value", "currency", id="currency-two-letters"),
     pytest.param(event(currency="EURO"), "invalid_value", "currency", id="currency-four-letters"),
     pytest.param(event(currency=""), "invalid_value", "currency", id="currency-empty"),
+    pytest.param(event(country="GBR"), "invalid_value", "country", id="country-alpha-3"),
+    pytest.param(event(country="G1"), "invalid_value", "country", id="country-with-digit"),
+    pytest.param(event(country=""), "invalid_value", "country", id="country-empty"),
+    pytest.param(event(country=44), "wrong_type", "country", id="country-number"),
     pytest.param(event(occurred_at="2026-11-20T10:00:00"), "invalid_value", "occurred_at", id="occurred_at-no-tz"),
     pytest.param(event(occurred_at="2026-11-20"), "invalid_value", "occurred_at", id="occurred_at-date-only"),
     pytest.param(event(occurred_at="yesterday"), "invalid_value", "occurred_at", id="occurred_at-malformed"),
@@ -190,7 +194,7 @@ def test_defaults_of_a_minimal_conversion() -> None:
     assert conversion.currency == "USD"
     assert conversion.payout == Decimal(0)
     assert conversion.payout_text == "0"
-    assert conversion.status is None  # resolved to the effective status by the matcher (SPEC 2.2)
+    assert conversion.status is None  # resolved to the effective status by the matcher (contract §2.2)
     assert conversion.offer_source_id is None
     assert conversion.transaction_id is None
     assert (conversion.click_ids, conversion.user, conversion.subs) == ({}, {}, {})
@@ -209,6 +213,10 @@ def test_defaults_of_a_minimal_conversion() -> None:
         pytest.param({"click_ids": {"gclid": "G", "fbc": None, "fbp": ""}}, "click_ids", {"gclid": "G"}, id="ids"),
         pytest.param({"user": {"email": "a@b.co", "phone": None}}, "user", {"email": "a@b.co"}, id="user"),
         pytest.param({"type": "Custom Event"}, "type", "Custom Event", id="custom-type-kept"),
+        pytest.param({"country": "gb"}, "country", "GB", id="country-upper-cased"),
+        pytest.param({"country": "US"}, "country", "US", id="country"),
+        pytest.param({"country": None}, "country", None, id="country-null"),
+        pytest.param({"country": ...}, "country", None, id="country-absent"),
         pytest.param({"payout": "0012.50"}, "payout", Decimal("12.50"), id="payout-leading-zeros"),
         pytest.param({"payout": 0.1}, "payout", Decimal("0.1"), id="float-payout-exact"),
         pytest.param({"payout": 12.345}, "payout", Decimal("12.345"), id="float-12.345-exact"),

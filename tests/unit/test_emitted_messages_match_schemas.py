@@ -1,4 +1,4 @@
-"""Everything the matcher emits validates against its JSON Schema in `schemas/` (SPEC 3: the contract)."""
+"""Everything the matcher emits validates against its JSON Schema in `schemas/` (contract §3: the contract)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Loopback only and fast, so it lives with the unit tests. It pins three things at once: the fakes
 accept what the builders produce, the fakes answer failures in the platforms' shapes, and the
-classifiers read those answers as PLATFORM-APIS.md says.
+classifiers read those answers as docs/destinations.md says.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import pytest
 from dispatchers.http_boundary import HttpRequest, HttpResponse
 from dispatchers.outcome import Outcome, Verdict
 from dispatchers.platforms import google_ads, meta, microsoft_ads, tiktok
+from dispatchers.platforms.api_versions import DEFAULT_VERSIONS
 from streams.schema_checks import check_all
 from tests.fakes.platforms import (
+    GOOGLE_SUNSETS,
     FailureMode,
     FakeGoogleAds,
     FakeMeta,
@@ -75,26 +77,40 @@ GOOGLE = Platform(
     "google_ads",
     FakeGoogleAds,
     lambda pbs, base: google_ads.build_request(
-        pbs, base_url=base, access_token=GOOGLE_TOKEN, developer_token=GOOGLE_DEV
+        pbs,
+        base_url=base,
+        access_token=GOOGLE_TOKEN,
+        developer_token=GOOGLE_DEV,
+        api_version=DEFAULT_VERSIONS["google_ads"],
     ),
     google_ads.classify_response,
 )
 META = Platform(
     "meta",
     FakeMeta,
-    lambda pbs, base: meta.build_request(pbs, base_url=base, access_token=META_TOKEN, timeout_seconds=5.0),
+    lambda pbs, base: meta.build_request(
+        pbs, base_url=base, access_token=META_TOKEN, api_version=DEFAULT_VERSIONS["meta"], timeout_seconds=5.0
+    ),
     meta.classify_response,
 )
 TIKTOK = Platform(
     "tiktok",
     FakeTikTok,
-    lambda pbs, base: tiktok.build_request(pbs, base_url=base, access_token=TIKTOK_TOKEN),
+    lambda pbs, base: tiktok.build_request(
+        pbs, base_url=base, access_token=TIKTOK_TOKEN, api_version=DEFAULT_VERSIONS["tiktok"]
+    ),
     tiktok.classify_response,
 )
 MICROSOFT = Platform(
     "microsoft_ads",
     FakeMicrosoftAds,
-    lambda pbs, base: microsoft_ads.build_request(pbs, base_url=base, access_token=MS_TOKEN, developer_token=MS_DEV),
+    lambda pbs, base: microsoft_ads.build_request(
+        pbs,
+        base_url=base,
+        access_token=MS_TOKEN,
+        developer_token=MS_DEV,
+        api_version=DEFAULT_VERSIONS["microsoft_ads"],
+    ),
     microsoft_ads.classify_response,
 )
 PLATFORMS = [GOOGLE, META, TIKTOK, MICROSOFT]
@@ -316,6 +332,44 @@ async def test_google_in_request_duplicate_order_ids_fail_both_rows(session: aio
         assert [o.reason for o in outcomes] == ["DUPLICATE_ORDER_ID"] * 2
 
 
+@pytest.mark.parametrize("version", sorted(GOOGLE_SUNSETS))
+async def test_google_refuses_a_sunset_version_from_its_sunset_day(
+    version: str, session: aiohttp.ClientSession
+) -> None:
+    sunset = GOOGLE_SUNSETS[version]
+    day = {"now": datetime.combine(sunset - timedelta(days=1), datetime.min.time(), UTC) + timedelta(hours=12)}
+    async with FakeGoogleAds(clock=lambda: day["now"]) as fake:
+        postbacks = GOOGLE.postbacks(1, occurred=day["now"] - timedelta(hours=1))
+        request = google_ads.build_request(
+            postbacks,
+            base_url=fake.base_url,
+            access_token=GOOGLE_TOKEN,
+            developer_token=GOOGLE_DEV,
+            api_version=version,
+        )
+        assert [o.verdict for o in GOOGLE.classify(await send(session, request), postbacks)] == [Verdict.DELIVERED]
+        day["now"] += timedelta(days=1)
+        answer = await send(session, replace(request, headers={}))  # refused before credentials are looked at
+        assert answer.status == 400
+        (detail,) = orjson.loads(answer.body)["error"]["details"]
+        assert detail["@type"] == f"type.googleapis.com/google.ads.googleads.{version}.errors.GoogleAdsFailure"
+        assert detail["errors"][0]["errorCode"] == {"requestError": "UNSUPPORTED_VERSION"}
+        assert (
+            detail["errors"][0]["message"]
+            == f"Version {version} is deprecated. Requests to this version will be blocked."
+        )
+        assert verdicts(GOOGLE.classify(answer, postbacks)) == [(Verdict.REJECTED, "UNSUPPORTED_VERSION", None)]
+
+
+async def test_google_serves_the_default_version(session: aiohttp.ClientSession) -> None:
+    async with FakeGoogleAds() as fake:
+        postbacks = GOOGLE.postbacks(1)
+        request = GOOGLE.build(postbacks, fake.base_url)
+        assert f"/{DEFAULT_VERSIONS['google_ads']}/customers/" in request.url
+        assert [o.verdict for o in GOOGLE.classify(await send(session, request), postbacks)] == [Verdict.DELIVERED]
+        assert fake.received[-1].path.startswith(f"/{DEFAULT_VERSIONS['google_ads']}/")
+
+
 @pytest.mark.parametrize(
     ("platform", "limit", "reason"),
     [
@@ -477,7 +531,11 @@ async def test_oauth_refresh_grants_a_token_the_platform_accepts(session: aiohtt
             grant = await answer.json()
         assert grant["token_type"] == "Bearer" and grant["expires_in"] == 3600
         fresh = google_ads.build_request(
-            postbacks, base_url=google.base_url, access_token=grant["access_token"], developer_token=GOOGLE_DEV
+            postbacks,
+            base_url=google.base_url,
+            access_token=grant["access_token"],
+            developer_token=GOOGLE_DEV,
+            api_version=DEFAULT_VERSIONS["google_ads"],
         )
         assert [o.verdict for o in GOOGLE.classify(await send(session, fresh), postbacks)] == [Verdict.DELIVERED]
         async with session.post(oauth.token_url, data=OAUTH_FORM) as answer:

@@ -1,4 +1,4 @@
-"""`.invalid` records (SPEC 3, 5): the refused input kept for replay, its reason, its position, no raw PII."""
+"""`.invalid` records (contract §3, 5): the refused input kept for replay, its reason, its position, no raw PII."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ def test_processor_writes_invalid_conversions_with_their_position_and_no_raw_pii
     for i, body in enumerate(bodies):
         assert f.schema_errors("invalid-record", body) == []
         assert body["source"] == {"topic": "conversions", "partition": 2, "offset": 100 + i}
-        assert body["rejected_at"] == "2026-11-20T10:00:05.000Z"
+        assert body["rejected_at"] == f.MATCHED_AT.strftime("%Y-%m-%dT%H:%M:%S.000Z")
     for message in result.messages:
         assert b"private.person" not in message.value.lower()
         assert b"555 2671" not in message.value

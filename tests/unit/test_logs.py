@@ -8,12 +8,16 @@ import os
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
 import pytest
 
 from postback_router.logs import REDACTED, JsonFormatter, Redactor, TextFormatter, configure_logging
+from postback_router.settings import load_settings
+from streams.batch import SourceRecord
+from streams.worker import MatchingWorker
 
 SECRET = "pb-secret-0123456789abcdef"
 
@@ -134,7 +138,8 @@ def test_json_line_has_the_base_fields() -> None:
     assert set(line) == {"ts", "level", "logger", "message", "pid"}
 
 
-def test_json_line_has_context_fields_from_extra_and_not_unknown_ones() -> None:
+def logged(message: str, *args: object, **kwargs: Any) -> logging.LogRecord:
+    """The record a real logger call makes (Logger.makeRecord puts `extra` on it)."""
     logger = logging.getLogger("postback_router.test_logs.extra")
     captured: list[logging.LogRecord] = []
 
@@ -146,35 +151,166 @@ def test_json_line_has_context_fields_from_extra_and_not_unknown_ones() -> None:
     logger.addHandler(handler)
     old_level, logger.level = logger.level, logging.INFO
     try:
-        logger.info(
-            "matched",
-            extra={
-                "conversion_id": "cv-1",
-                "postback_id": "pb-9",
-                "kind": "s2s",
-                "destination_id": "dest-3",
-                "campaign_id": "cmp-7",
-                "partition": 0,
-                "offset": 1234,
-                "payload": {"email": "a@b.example"},
-                "user_ip": "203.0.113.9",
-            },
-        )
+        logger.info(message, *args, **kwargs)
     finally:
         logger.removeHandler(handler)
         logger.level = old_level
     [rec] = captured
+    return rec
+
+
+def test_json_line_has_every_field_given_in_extra() -> None:
+    rec = logged(
+        "matched",
+        extra={
+            "conversion_id": "cv-1",
+            "postback_id": "pb-9",
+            "kind": "s2s",
+            "destination_id": "dest-3",
+            "campaign_id": "cmp-7",
+            "partition": 0,
+            "offset": 1234,
+            "reason": "not_json",
+            "attempts": 3,
+            "ratio": 0.25,
+            "retrying": False,
+            "source": {"topic": "conversions", "partition": 2, "offset": 7},
+            "kinds": ["meta", "s2s"],
+            "absent": None,
+        },
+    )
     line = json_line(JsonFormatter(Redactor()), rec)
-    assert line["conversion_id"] == "cv-1"
-    assert line["postback_id"] == "pb-9"
-    assert line["kind"] == "s2s"
-    assert line["destination_id"] == "dest-3"
-    assert line["campaign_id"] == "cmp-7"
-    assert line["partition"] == 0  # a falsy int is still written, as a number
-    assert line["offset"] == 1234
-    assert "payload" not in line
-    assert "user_ip" not in line
-    assert "203.0.113.9" not in orjson.dumps(line).decode()
+    assert {k: v for k, v in line.items() if k not in ("ts", "pid")} == {
+        "level": "INFO",
+        "logger": "postback_router.test_logs.extra",
+        "message": "matched",
+        "conversion_id": "cv-1",
+        "postback_id": "pb-9",
+        "kind": "s2s",
+        "destination_id": "dest-3",
+        "campaign_id": "cmp-7",
+        "partition": 0,  # a falsy int is still written, as a number
+        "offset": 1234,
+        "reason": "not_json",
+        "attempts": 3,
+        "ratio": 0.25,
+        "retrying": False,  # a boolean stays a boolean (and False is written)
+        "source": {"topic": "conversions", "partition": 2, "offset": 7},  # nested values stay JSON
+        "kinds": ["meta", "s2s"],
+        # None is left out
+    }
+    assert list(line)[5:8] == ["conversion_id", "postback_id", "kind"]  # in the order the call gave them
+
+
+def test_standard_record_attributes_are_not_written() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        rec = logged("failed %s", "x", extra={"conversion_id": "cv-1"}, exc_info=True, stack_info=True)
+    # another handler's formatter may have set `message`, `asctime` and `exc_text` on the record first
+    TextFormatter(Redactor()).format(rec)
+    assert rec.exc_text and rec.message and rec.asctime
+    line = json_line(JsonFormatter(Redactor()), rec)
+    assert set(line) == {"ts", "level", "logger", "message", "pid", "error", "conversion_id"}
+
+
+def test_extra_fields_named_like_base_fields_do_not_replace_them() -> None:
+    try:
+        raise RuntimeError("the real failure")
+    except RuntimeError:
+        rec = logged(
+            "invalid",
+            exc_info=True,
+            extra={"level": "DEBUG", "logger": "spoofed", "ts": "yesterday", "pid": 1, "error": "missing_field"},
+        )
+    line = json_line(JsonFormatter(Redactor()), rec)
+    assert (line["level"], line["logger"], line["pid"]) == ("INFO", "postback_router.test_logs.extra", os.getpid())
+    assert line["ts"] != "yesterday"
+    assert "RuntimeError: the real failure" in line["error"]
+    assert line["extra_level"] == "DEBUG"
+    assert line["extra_logger"] == "spoofed"
+    assert line["extra_ts"] == "yesterday"
+    assert line["extra_pid"] == 1
+    assert line["extra_error"] == "missing_field"
+
+
+def test_secrets_and_emails_in_extra_fields_are_redacted_at_any_depth() -> None:
+    numeric_secret = "4815162342"
+    redact = Redactor([SECRET, numeric_secret])
+    rec = logged(
+        "delivering",
+        extra={
+            "url": f"https://h.example/cb?token={SECRET}",
+            "owner": "owner@example.com",
+            "payload": {"user": {"email": "a@b.example", "note": f"key {SECRET}"}, "n": 1},
+            "recipients": ["x@y.example", ("ok", f"Bearer {SECRET}")],
+            "by_address": {"someone@example.org": 1},
+            "pin": int(numeric_secret),  # a secret made of digits is redacted as a number too
+            "body": f'{{"password": "{SECRET}"}}'.encode(),  # bytes: written as text, then redacted
+        },
+    )
+    line = json_line(JsonFormatter(redact), rec)
+    text = orjson.dumps(line).decode()
+    for leaked in (SECRET, numeric_secret, "owner@example.com", "a@b.example", "x@y.example", "someone@example.org"):
+        assert leaked not in text
+    assert line["url"] == f"https://h.example/cb?token={REDACTED}"
+    assert line["owner"] == REDACTED
+    assert line["payload"] == {"user": {"email": REDACTED, "note": f"key {REDACTED}"}, "n": 1}
+    assert line["recipients"] == [REDACTED, ["ok", f"Bearer {REDACTED}"]]
+    assert line["by_address"] == {REDACTED: 1}
+    assert line["pin"] == REDACTED
+    assert REDACTED in line["body"]
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+class Opaque:
+    def __str__(self) -> str:
+        return "opaque for owner@example.com"
+
+
+def test_values_json_cannot_hold_are_written_as_text_and_never_stop_the_line() -> None:
+    cycle: list[Any] = [1]
+    cycle.append(cycle)
+    deep: list[Any] = ["bottom"]
+    for _ in range(50):
+        deep = [deep]
+    rec = logged(
+        "odd values",
+        extra={
+            "amount": Decimal("12.50"),
+            "at": datetime(2000, 1, 2, 3, 4, 5, tzinfo=UTC),
+            "kinds": {"meta"},
+            "huge": 2**70,
+            "not_a_number": float("nan"),
+            "infinite": float("-inf"),
+            "opaque": Opaque(),
+            "unprintable": Unprintable(),
+            "cycle": cycle,
+            "deep": deep,
+            "surrogate": "broken \udcff byte",
+            "odd_keys": {1: "one", (2, 3): "pair", None: "none"},
+        },
+    )
+    for formatter in (JsonFormatter(Redactor()), TextFormatter(Redactor())):
+        formatter.format(rec)  # neither raises
+    line = json_line(JsonFormatter(Redactor()), rec)
+    assert line["amount"] == "12.50"
+    assert line["at"] == "2000-01-02 03:04:05+00:00"
+    assert line["kinds"] == ["meta"]
+    assert line["huge"] == str(2**70)  # beyond 64 bits: text, not a failed line
+    assert line["not_a_number"] == "nan"
+    assert line["infinite"] == "-inf"
+    assert line["opaque"] == f"opaque for {REDACTED}"
+    assert line["unprintable"] == "<unprintable Unprintable>"
+    assert line["cycle"][0] == 1 and "[...]" in orjson.dumps(line["cycle"]).decode()
+    assert "bottom" in orjson.dumps(line["deep"]).decode()
+    assert line["surrogate"] == "broken \\udcff byte"  # a lone surrogate (not UTF-8) is escaped, not fatal
+    assert line["odd_keys"] == {"1": "one", "(2, 3)": "pair", "None": "none"}
+    assert line["message"] == "odd values"
 
 
 def test_json_context_values_and_message_are_redacted() -> None:
@@ -209,9 +345,25 @@ def test_text_line_shape_with_context() -> None:
 
 
 def test_text_line_without_context_has_no_brackets_at_the_end() -> None:
-    text = TextFormatter(Redactor()).format(record("plain", unknown_extra="x"))
+    text = TextFormatter(Redactor()).format(record("plain"))
     assert text.endswith("[INFO] postback_router.test: plain")
-    assert "unknown_extra" not in text
+
+
+def test_text_line_has_every_extra_field_as_key_value_pairs() -> None:
+    rec = logged(
+        "refused",
+        extra={"reason": "not_json", "offset": 7, "retrying": True, "source": {"topic": "t", "partition": 0}},
+    )
+    text = TextFormatter(Redactor()).format(rec)
+    assert text.endswith('refused [reason=not_json offset=7 retrying=true source={"topic":"t","partition":0}]')
+    assert "lineno=" not in text and "asctime=" not in text
+
+
+def test_text_line_redacts_nested_extra_fields() -> None:
+    rec = logged("x", extra={"payload": {"email": "a@b.example", "key": SECRET}, "who": "c@d.example"})
+    text = TextFormatter(Redactor([SECRET])).format(rec)
+    assert "a@b.example" not in text and "c@d.example" not in text and SECRET not in text
+    assert f'payload={{"email":"{REDACTED}","key":"{REDACTED}"}} who={REDACTED}' in text
 
 
 def test_text_line_is_redacted_including_exception_and_context() -> None:
@@ -231,6 +383,55 @@ def test_text_line_is_redacted_including_exception_and_context() -> None:
 def test_text_line_keeps_partition_zero() -> None:
     text = TextFormatter(Redactor()).format(record("committed", partition=0, offset=5))
     assert "partition=0" in text
+
+
+# --- the worker's line for a refused conversion -------------------------------------------------------
+
+
+def test_a_refused_conversion_is_one_warning_line_with_its_reason_and_source_position(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    worker = MatchingWorker(load_settings({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "STATE_STORE": "memory://"}))
+    records = [
+        SourceRecord("conversions", 3, 41, None, b"cv-17", b'{"user": {"email": "someone@example.com"}, oops'),
+        SourceRecord("conversions", 3, 42, None, b"\xff\xfe", b'{"conversion_id": "cv-18", "user": {"phone": "+4917'),
+        SourceRecord("conversions", 5, 0, None, None, b"[]"),
+    ]
+    with caplog.at_level(logging.WARNING):
+        result = worker.processor.process(records)
+        worker._log_refused(result.messages)
+    assert [r.name for r in caplog.records] == ["streams.worker"] * 3  # one WARNING line each, the worker's
+    lines = [json_line(JsonFormatter(Redactor()), r) for r in caplog.records]
+    for line in lines:
+        del line["ts"], line["pid"]
+    base = {"level": "WARNING", "logger": "streams.worker", "topic": "conversions"}
+    assert lines == [
+        {
+            **base,
+            "message": "conversion refused (not_json), kept in conversions.invalid",
+            "reason": "not_json",
+            "partition": 3,
+            "offset": 41,
+            "conversion_id": "cv-17",
+        },
+        # a key that is not UTF-8 is no conversion id: left out, as is the id inside the refused value
+        {
+            **base,
+            "message": "conversion refused (not_json), kept in conversions.invalid",
+            "reason": "not_json",
+            "partition": 3,
+            "offset": 42,
+        },
+        {
+            **base,
+            "message": "conversion refused (not_object), kept in conversions.invalid",
+            "reason": "not_object",
+            "partition": 5,
+            "offset": 0,
+        },
+    ]
+    text = orjson.dumps(lines).decode()
+    assert "someone" not in text and "4917" not in text and "cv-18" not in text and "oops" not in text
 
 
 # --- configure_logging --------------------------------------------------------------------------------

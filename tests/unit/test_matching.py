@@ -1,4 +1,4 @@
-"""SPEC 2, line by line: which entries of a campaign fire for a conversion, and with what payout."""
+"""contract §2, line by line: which entries of a campaign fire for a conversion, and with what payout."""
 
 from __future__ import annotations
 

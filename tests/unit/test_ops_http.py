@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from collections.abc import AsyncIterator
 
@@ -13,7 +15,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter
 
 from postback_router import __version__
 from postback_router.embedded_broker import free_loopback_port
-from postback_router.ops_http import OpsServer, Readiness, add_ops_routes, new_registry, ops_server
+from postback_router.ops_http import (
+    ListenError,
+    OpsServer,
+    Readiness,
+    add_ops_routes,
+    check_listen,
+    new_registry,
+    ops_server,
+)
 
 # --- Readiness ----------------------------------------------------------------------------------------
 
@@ -190,4 +200,30 @@ async def test_port_in_use_is_a_runtime_error_naming_http_port() -> None:
             await server.start()
         assert f"HTTP_PORT={port}" in str(caught.value)
         assert "HTTP_HOST=127.0.0.1" in str(caught.value)
+        # a ListenError: the command line names the flag or variable from it (see test_cli.py)
+        assert isinstance(caught.value, ListenError)
+        assert caught.value.in_use and not caught.value.bad_host
+        assert caught.value.address == f"127.0.0.1:{port}"
         await server.stop()  # stopping after a failed start is harmless
+
+
+async def test_check_listen_refuses_a_taken_port_and_leaves_a_free_one_free() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ListenError) as caught:
+            await check_listen("127.0.0.1", taken.getsockname()[1])
+        assert caught.value.in_use
+    port = free_loopback_port()
+    await check_listen("127.0.0.1", port)
+    server = ops_server("127.0.0.1", port, CollectorRegistry(), Readiness(CollectorRegistry(), ["kafka"]))
+    await server.start()  # the check let the port go again
+    await server.stop()
+
+
+async def test_check_listen_names_an_address_of_another_machine_a_bad_host() -> None:
+    with pytest.raises(ListenError) as caught:
+        await check_listen("192.0.2.1", 8080)  # TEST-NET-1 (RFC 5737): no address of this machine
+    assert caught.value.bad_host and not caught.value.in_use
+    assert caught.value.reason == os.strerror(errno.EADDRNOTAVAIL).lower()  # not the bind call's long text
+    assert ListenError("::1", 8080, OSError(98, "x")).address == "[::1]:8080"

@@ -23,7 +23,7 @@ def postback(seq: int = 0, **overrides: Any) -> dict[str, Any]:
 
 def build(postbacks: list[dict[str, Any]]) -> Any:
     return google_ads.build_request(
-        postbacks, base_url="https://ads.test/", access_token=TOKEN, developer_token=DEV_TOKEN, api_version=21
+        postbacks, base_url="https://ads.test/", access_token=TOKEN, developer_token=DEV_TOKEN, api_version="v26"
     )
 
 
@@ -54,7 +54,7 @@ def request_error(status: int, *codes: tuple[str, str]) -> dict[str, Any]:
 def test_build_request_url_headers_and_body() -> None:
     request = build([postback()])
     assert request.method == "POST"
-    assert request.url == "https://ads.test/v21/customers/1234567890:uploadClickConversions"
+    assert request.url == "https://ads.test/v26/customers/1234567890:uploadClickConversions"
     assert request.headers == {
         "Authorization": f"Bearer {TOKEN}",
         "developer-token": DEV_TOKEN,

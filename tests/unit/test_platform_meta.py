@@ -26,7 +26,7 @@ def with_entry(pb: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 def build(postbacks: list[dict[str, Any]]) -> Any:
-    return meta.build_request(postbacks, base_url="https://graph.test", access_token=TOKEN, graph_version="v23.0")
+    return meta.build_request(postbacks, base_url="https://graph.test", access_token=TOKEN, api_version="v26.0")
 
 
 def response(status: int, body: Any = None, headers: dict[str, str] | None = None) -> HttpResponse:
@@ -42,7 +42,7 @@ def test_build_request_url_headers_and_body() -> None:
     pb = postback()
     request = build([pb])
     assert request.method == "POST"
-    assert request.url == "https://graph.test/v23.0/1122334455/events"
+    assert request.url == "https://graph.test/v26.0/1122334455/events"
     assert TOKEN not in request.url
     assert request.headers == {"Content-Type": "application/json"}
     assert request.timeout_seconds == 1.5

@@ -23,7 +23,7 @@ def postback(seq: int = 0, occurred: datetime = OCCURRED, **overrides: Any) -> d
 
 def build(postbacks: list[dict[str, Any]]) -> Any:
     return microsoft_ads.build_request(
-        postbacks, base_url="https://ms.test", access_token=TOKEN, developer_token=DEV_TOKEN
+        postbacks, base_url="https://ms.test", access_token=TOKEN, developer_token=DEV_TOKEN, api_version="v13"
     )
 
 

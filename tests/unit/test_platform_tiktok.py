@@ -26,7 +26,7 @@ def with_entry(pb: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 def build(postbacks: list[dict[str, Any]]) -> Any:
-    return tiktok.build_request(postbacks, base_url="https://tt.test/", access_token=TOKEN)
+    return tiktok.build_request(postbacks, base_url="https://tt.test/", access_token=TOKEN, api_version="v1.3")
 
 
 def envelope(code: int, message: str = "m") -> dict[str, Any]:

@@ -384,6 +384,20 @@ def test_valid_offer_source(status: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("region", "parsed"),
+    [
+        pytest.param("GB", "GB", id="upper-case"),
+        pytest.param("us", "US", id="any-case-upper-cased"),
+        pytest.param(None, None, id="null"),
+        pytest.param(..., None, id="absent"),
+    ],
+)
+def test_offer_source_default_region(region: Any, parsed: str | None) -> None:
+    value = orjson.dumps(offer_source(default_region=region))
+    assert parse_offer_source(b"os-1", value) == OfferSource("os-1", "approved", parsed)
+
+
+@pytest.mark.parametrize(
     ("key", "value", "reason", "fields"),
     [
         pytest.param(b"os-2", offer_source(), "invalid_rule", ["offer_source_id"], id="key-differs"),
@@ -394,6 +408,11 @@ def test_valid_offer_source(status: str) -> None:
         pytest.param(b"os-1", offer_source(offer_source_id=...), "invalid_rule", ["offer_source_id"], id="no-id"),
         pytest.param(b"os-1", offer_source(offer_source_id=""), "invalid_rule", ["offer_source_id"], id="empty-id"),
         pytest.param(b"os-1", offer_source(x=1), "invalid_rule", ["(record)"], id="unknown-field"),
+        pytest.param(b"os-1", offer_source(default_region="GBR"), "invalid_rule", ["default_region"], id="alpha-3"),
+        pytest.param(b"os-1", offer_source(default_region="4"), "invalid_rule", ["default_region"], id="not-a-code"),
+        pytest.param(b"os-1", offer_source(default_region=44), "invalid_rule", ["default_region"], id="number"),
+        pytest.param(b"os-1", offer_source(default_region="UK"), "invalid_rule", ["default_region"], id="UK-is-GB"),
+        pytest.param(b"os-1", offer_source(default_region="XX"), "invalid_rule", ["default_region"], id="no-plan"),
         pytest.param(b"os-1", ["os-1"], "invalid_rule", ["(record)"], id="not-an-object"),
         pytest.param(b"os-1", b"{nope", "not_json", [], id="not-json"),
         pytest.param(b"os-1", b"\xff", "not_utf8", [], id="not-utf8"),

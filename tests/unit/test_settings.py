@@ -1,4 +1,4 @@
-"""Configuration (SPEC 5): read once, validated at start-up; a bad value fails naming its variable."""
+"""Configuration (contract §5): read once, validated at start-up; a bad value fails naming its variable."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def test_defaults() -> None:
     assert s.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
     assert s.app_id == "postback-router"
     assert s.default_status == "approved"
+    assert s.default_phone_region is None
     assert s.max_conversion_bytes == 65_536
     assert s.fired_state_retention_seconds == 90 * 86_400
     assert s.fired_state_sweep_interval_seconds == 3600
@@ -54,6 +55,9 @@ def test_default_topics() -> None:
     [
         pytest.param({"DEFAULT_STATUS": "pending"}, "default_status", "pending", id="default-status"),
         pytest.param({"DEFAULT_STATUS": "other"}, "default_status", "other", id="default-status-other"),
+        pytest.param({"DEFAULT_PHONE_REGION": "GB"}, "default_phone_region", "GB", id="phone-region"),
+        pytest.param({"DEFAULT_PHONE_REGION": " us "}, "default_phone_region", "US", id="phone-region-any-case"),
+        pytest.param({"DEFAULT_PHONE_REGION": ""}, "default_phone_region", None, id="phone-region-empty-unset"),
         pytest.param({"APP_ID": "pr-test"}, "app_id", "pr-test", id="app-id"),
         pytest.param({"STATE_STORE": "memory://"}, "state_store", "memory://", id="memory-store"),
         pytest.param({"TOPIC_REPLICATION_FACTOR": "3"}, "topic_replication_factor", 3, id="replication"),
@@ -115,6 +119,11 @@ def test_parse_duration_refuses(raw: str) -> None:
         ("DEFAULT_STATUS", "maybe"),
         ("DEFAULT_STATUS", "Approved"),
         ("DEFAULT_STATUS", ""),
+        ("DEFAULT_PHONE_REGION", "GBR"),
+        ("DEFAULT_PHONE_REGION", "UK"),  # not ISO 3166-1: GB
+        ("DEFAULT_PHONE_REGION", "XX"),
+        ("DEFAULT_PHONE_REGION", "44"),
+        ("DEFAULT_PHONE_REGION", "001"),
         ("STATE_STORE", "redis://"),
         ("TOPIC_REPLICATION_FACTOR", "0"),
         ("TOPIC_REPLICATION_FACTOR", "11"),

@@ -1,4 +1,4 @@
-"""SPEC 3, S2S URL macros: checked when a rule is published, percent-encoded when rendered."""
+"""contract §3, S2S URL macros: checked when a rule is published, percent-encoded when rendered."""
 
 from __future__ import annotations
 
