@@ -33,7 +33,7 @@ tools: $(TOOLS)/.installed
 
 ## make demo: the whole job end to end on the embedded broker (or KAFKA_BOOTSTRAP_SERVERS)
 demo: $(STAMP)
-	$(BIN)/python -m postback_router.demo
+	$(BIN)/python -m devtools.demo
 
 ## make test: the whole suite, then its time-dependent part as if it were 60 days later; starts the
 ## embedded broker when KAFKA_BOOTSTRAP_SERVERS is unset
@@ -50,10 +50,11 @@ test-later: $(STAMP)
 	@echo "-- the time-dependent tests again, as if it were $(LATER_DAYS) days later"
 	POSTBACK_TEST_DAYS_AHEAD=$(LATER_DAYS) PYTHONPATH=$(CURDIR)/tests/clock_shift \
 		$(BIN)/python -m pytest -q -p no:cacheprovider -W ignore::pytest.PytestAssertRewriteWarning \
-		-m "not integration or time_dependent" tests/unit tests/integration $(PYTEST_ARGS)
+		-m "not integration or time_dependent" --ignore=tests/deploy tests $(PYTEST_ARGS)
 
+## make test-unit: every test that needs no broker and no promtool (seconds)
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --ignore=tests/integration --ignore=tests/deploy tests $(PYTEST_ARGS)
 
 test-integration: $(STAMP) $(TOOLS)/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
@@ -62,10 +63,12 @@ test-integration: $(STAMP) $(TOOLS)/.installed
 test-deploy: $(STAMP) $(TOOLS)/.installed
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy $(PYTEST_ARGS)
 
+## make lint: ruff, mypy, and the import contracts (layers, pure cores, independence: pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

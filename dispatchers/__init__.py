@@ -1,6 +1,9 @@
 """Delivery of matched postbacks to traffic sources (S2S) and ad platforms.
 
-Pure request builders and response classifiers per destination; one narrow HTTP boundary
-(`http_boundary.Transport`) so the same delivery code runs against a real platform, a local fake
-server or an in-process handler.
+Layers, each importing only the ones below it (checked by `make lint`):
+- `dispatcher.py`: the application, one Kafka consumer-group member per kind of postback;
+- `adapters/`: the aiohttp transport and its SSRF guard, secrets, platform credentials, metrics;
+- `engine/`: the asyncio delivery schedulers, rate limits and the OAuth token cache (no Kafka, no aiohttp);
+- `platforms/`: each ad platform's pure request builder and response classifier;
+- `core/`: pure values and decisions (HTTP values, outcomes, retry, circuit breaker, S2S requests).
 """

@@ -1,3 +1,5 @@
-"""postback-router: conditional postbacks as a streaming service (CLI, settings, embedded broker)."""
+"""postback-router: the command line and the HTTP API, on top of streams/, dispatchers/ and service/."""
 
-__version__ = "0.1.0"
+from schemas.version import __version__
+
+__all__ = ["__version__"]

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from postback_router import __version__
-from postback_router.logs import configure_logging
-from postback_router.settings import Settings, SettingsError, load_settings
+from schemas.kinds import KINDS
+from schemas.version import __version__
+from service.logs import configure_logging
+from service.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from postback_router.ops_http import ListenError
+    from service.ops_http import ListenError
 
 
 def _fail(message: str) -> NoReturn:
@@ -69,7 +70,7 @@ def broker(port: int | None) -> None:
 @main.command()
 def topics() -> None:
     """Create the service's topics (what `worker` does at start-up when AUTO_CREATE_TOPICS=true)."""
-    from postback_router.topics import ensure_topics
+    from service.topics import ensure_topics
 
     settings = _settings()
     try:
@@ -107,7 +108,7 @@ def _listen_failure(exc: ListenError, port_source: str) -> str:
 
 
 def _serve(process: Coroutine[Any, Any, None], port_source: str) -> None:
-    from postback_router.ops_http import ListenError
+    from service.ops_http import ListenError
 
     try:
         asyncio.run(process)
@@ -129,7 +130,7 @@ def worker(http_port: int | None) -> None:
 @main.command()
 @click.option(
     "--kind",
-    type=click.Choice(["s2s", "google_ads", "meta", "tiktok", "microsoft_ads", "all"]),
+    type=click.Choice([*KINDS, "all"]),
     default="all",
     show_default=True,
     help="Which postbacks.<kind> topic to deliver; `all` runs one dispatcher per kind in this process.",
@@ -137,7 +138,7 @@ def worker(http_port: int | None) -> None:
 @_HTTP_PORT
 def dispatch(kind: str, http_port: int | None) -> None:
     """Deliver matched postbacks: each once, with retries; outcomes to postbacks.results."""
-    from dispatchers.runner import run_dispatcher
+    from dispatchers.dispatcher import run_dispatcher
 
     settings, port_source = _with_http_port(_settings(), http_port)
     _prepare(settings, port_source)
@@ -165,8 +166,8 @@ def _prepare(settings: Settings, port_source: str) -> None:
     Each failure is one line naming the setting. The port goes first: it fails at once, Kafka may keep a
     start waiting.
     """
-    from postback_router.ops_http import ListenError, check_listen
-    from postback_router.topics import ensure_topics
+    from service.ops_http import ListenError, check_listen
+    from service.topics import ensure_topics
 
     if settings.http_port != 0:
         try:

@@ -1,6 +1,9 @@
 """The stream processor: conversions joined with campaign rules, matched postbacks out.
 
-Pure modules (no I/O): conversion, rules, offer_sources, matching, url_template, pii, postback_ids,
-decimals, messages, invalid_records, batch, fired_record. I/O shells: compacted_view (the rules and
-offer-source views), fired_store (fired-state and its changelog), worker (the consumer-group loop).
+Layers, each importing only the ones below it (checked by `make lint`):
+- `worker.py`: the application, the native aiokafka batch loop in a consumer group;
+- `fired_state_store.py`, `metrics.py`: its adapters (the fired-state changelog store, Prometheus);
+- `core/`: pure matching (conversion parsing, rules, offer sources, matching, URL templates, PII
+  hashing, postback ids, messages, invalid records, and `batch.py`, which turns a batch of records
+  into the messages to produce).
 """

@@ -25,20 +25,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from prometheus_client import CollectorRegistry
 
-from postback_router.consumer_health import ConsumerLag, KafkaHealth
-from postback_router.diagnostics import dump_tasks
-from postback_router.kafka_io import send_all, until_done
-from postback_router.ops_http import Readiness, new_registry, ops_server
-from postback_router.settings import Settings
-from streams.batch import ConversionBatchProcessor, MatcherConfig, OutgoingMessage, SourceRecord, utc_rfc3339
-from streams.compacted_view import CompactedTopicView
-from streams.errors import InvalidInput
-from streams.fired_record import encode_fired_record
-from streams.fired_store import FiredStore
-from streams.invalid_records import invalid_record
+from schemas.errors import InvalidInput
+from service.compacted_view import CompactedTopicView
+from service.consumer_health import ConsumerLag, KafkaHealth
+from service.diagnostics import dump_tasks
+from service.kafka_io import send_all, until_done
+from service.ops_http import Readiness, new_registry, ops_server
+from service.settings import Settings
+from streams.core.batch import ConversionBatchProcessor, MatcherConfig, OutgoingMessage, SourceRecord, utc_rfc3339
+from streams.core.fired_record import encode_fired_record
+from streams.core.invalid_records import invalid_record
+from streams.core.offer_sources import OfferSource, parse_offer_source
+from streams.core.rules import CampaignRules, parse_campaign_rules
+from streams.fired_state_store import FiredStore
 from streams.metrics import WorkerMetrics
-from streams.offer_sources import OfferSource, parse_offer_source
-from streams.rules import CampaignRules, parse_campaign_rules
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import jsonschema
 import orjson
 
 from schemas import load_schema
-from streams.batch import ConversionBatchProcessor, MatcherConfig, SourceRecord
-from streams.fired_record import FiredRecord
-from streams.offer_sources import OfferSource
-from streams.rules import CampaignRules, compile_campaign_rules, validate_campaign_rules
+from streams.core.batch import ConversionBatchProcessor, MatcherConfig, SourceRecord
+from streams.core.fired_record import FiredRecord
+from streams.core.offer_sources import OfferSource
+from streams.core.rules import CampaignRules, compile_campaign_rules, validate_campaign_rules
 
 # Every timestamp that meets an age rule (Meta refuses events older than 7 days, Microsoft older than
 # 90, the fired-state forgets after its retention) is derived from the clock when the tests start, never

@@ -8,53 +8,35 @@ has no known date (not announced yet, or "TBD").
 
 Every default and date below was checked on 2026-11-30 against the source named next to it. When a
 platform publishes a new schedule, update SUNSETS (and the README table "Platform API versions");
-tests/unit/test_platform_api_versions.py fails once a default comes within WARNING_DAYS of its sunset.
+tests/dispatchers/platforms/test_api_versions.py fails once a default comes within WARNING_DAYS of its sunset.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
-PLATFORM_KINDS = ("google_ads", "meta", "tiktok", "microsoft_ads")
+from schemas.kinds import DEFAULT_VERSIONS, PLATFORM_KINDS, VERSION_SETTINGS, normalize_version
 
-# Defaults, live on 2026-11-30 by each platform's published schedule (see SUNSETS for the sources):
-# - Google Ads v26: released October 2026, projected sunset November 2027; the "Deprecation and sunset"
-#   page (developers.google.com/google-ads/api/docs/sunset-dates) recommends starting with it.
-# - Meta v26.0: released 2026-07-29, expiration TBD (v27.0, released 2026-11-04, also TBD).
-# - TikTok v1.3: current since 2022-08-15, no end date announced.
-# - Microsoft Advertising v13: GA April 2019, no sunset announced.
-DEFAULT_VERSIONS: Mapping[str, str] = {
-    "google_ads": "v26",
-    "meta": "v26.0",
-    "tiktok": "v1.3",
-    "microsoft_ads": "v13",
-}
-
-# The environment variable that sets each platform's version (postback_router/settings.py reads them).
-VERSION_SETTINGS: Mapping[str, str] = {
-    "google_ads": "GOOGLE_ADS_API_VERSION",
-    "meta": "META_GRAPH_API_VERSION",
-    "tiktok": "TIKTOK_API_VERSION",
-    "microsoft_ads": "MICROSOFT_ADS_API_VERSION",
-}
+__all__ = [
+    "DEFAULT_VERSIONS",
+    "PLATFORM_KINDS",
+    "SUNSETS",
+    "VERSION_SETTINGS",
+    "WARNING_DAYS",
+    "Sunset",
+    "days_to_sunset",
+    "normalize_version",
+    "sunset_notice",
+    "sunset_of",
+]
 
 # A version this close to its sunset is logged as a WARNING at start-up (and alerted on,
 # deploy/prometheus/alerts.yml PostbackPlatformApiVersionSunset).
 WARNING_DAYS = 30
-
-# How each setting is written: the pattern (on the stripped, lower-cased value) and the one form it is
-# normalised to. Google's REST path takes the major version only (`/v26/...`); `26` is accepted too.
-_FORMS: Mapping[str, tuple[re.Pattern[str], str]] = {
-    "google_ads": (re.compile(r"^v?0*([1-9]\d{0,2})$"), "v26 (or 26)"),
-    "meta": (re.compile(r"^v0*([1-9]\d{0,2})\.(\d{1,2})$"), "v26.0"),
-    "tiktok": (re.compile(r"^v0*([1-9]\d?)\.(\d{1,2})$"), "v1.3"),
-    "microsoft_ads": (re.compile(r"^v0*([1-9]\d{0,2})$"), "v13"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +88,6 @@ SUNSETS: Mapping[str, Mapping[str, Sunset]] = {
         "v12": Sunset(date(2019, 10, 31)),
     },
 }
-
-
-def normalize_version(kind: str, raw: str) -> str:
-    """The one form of a platform version (`26` -> `v26` for Google); ValueError says what is expected."""
-    if kind not in _FORMS:
-        raise ValueError(f"no API version for kind {kind!r}")
-    pattern, example = _FORMS[kind]
-    match = pattern.match(raw.strip().lower())
-    if match is None:
-        raise ValueError(f"expected an API version such as {example}")
-    return "v" + ".".join(str(int(part)) for part in match.groups())
 
 
 def sunset_of(kind: str, version: str) -> Sunset | None:

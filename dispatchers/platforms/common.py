@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 
-from dispatchers.http_boundary import HttpResponse
-from dispatchers.outcome import Outcome, Verdict
+from dispatchers.core.http import HttpResponse
+from dispatchers.core.outcome import Outcome, Verdict
 
 Postback = Mapping[str, Any]
 

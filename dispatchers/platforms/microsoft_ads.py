@@ -30,8 +30,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from dispatchers.http_boundary import HttpRequest, HttpResponse
-from dispatchers.outcome import Outcome, Verdict
+from dispatchers.core.http import HttpRequest, HttpResponse
+from dispatchers.core.outcome import Outcome, Verdict
 from dispatchers.platforms.common import (
     Postback,
     body_excerpt,

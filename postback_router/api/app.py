@@ -35,11 +35,11 @@ from postback_router.api.intake import (
 )
 from postback_router.api.metrics import UNMATCHED_ROUTE, ApiMetrics
 from postback_router.api.openapi import build_openapi_document
-from postback_router.ops_http import Readiness, add_ops_routes
-from postback_router.settings import Settings
-from streams.errors import FieldError, InvalidInput
-from streams.offer_sources import parse_offer_source
-from streams.rules import parse_campaign_rules
+from schemas.errors import FieldError, InvalidInput
+from service.ops_http import Readiness, add_ops_routes
+from service.settings import Settings
+from streams.core.offer_sources import parse_offer_source
+from streams.core.rules import parse_campaign_rules
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from postback_router.consumer_health import KafkaHealth
-from postback_router.kafka_io import Outgoing, send_all
-from postback_router.ops_http import Readiness
-from postback_router.settings import Settings
-from streams.compacted_view import CompactedTopicView
-from streams.conversion import parse_conversion
-from streams.offer_sources import parse_offer_source
-from streams.rules import parse_campaign_rules
+from service.compacted_view import CompactedTopicView
+from service.consumer_health import KafkaHealth
+from service.kafka_io import Outgoing, send_all
+from service.ops_http import Readiness
+from service.settings import Settings
+from streams.core.conversion import parse_conversion
+from streams.core.offer_sources import parse_offer_source
+from streams.core.rules import parse_campaign_rules
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any
 import orjson
 
 from schemas import load_schema
-from streams.conversion import parse_conversion
-from streams.decimals import format_decimal, parse_decimal
-from streams.errors import FieldError, InvalidInput
-from streams.schema_checks import check_all
+from schemas.errors import FieldError, InvalidInput
+from streams.core.conversion import parse_conversion
+from streams.core.decimals import format_decimal, parse_decimal
+from streams.core.schema_checks import check_all
 
 STATUSES = ("approved", "pending", "declined", "other")
 UPDATABLE = ("status", "type", "payout", "currency")

@@ -27,8 +27,8 @@ from urllib.parse import unquote_to_bytes
 import orjson
 
 from postback_router.api.auth import SECRET_FIELD
-from streams.conversion import CLICK_ID_FIELDS, DEFAULT_TYPE, parse_conversion
-from streams.errors import FieldError, InvalidInput
+from schemas.errors import FieldError, InvalidInput
+from streams.core.conversion import CLICK_ID_FIELDS, DEFAULT_TYPE, parse_conversion
 
 STATUSES = ("approved", "pending", "declined", "other")
 REQUIRED = ("clickid", "campaign_id")

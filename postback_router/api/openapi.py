@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from postback_router import __version__
 from postback_router.api.auth import SECRET_FIELD, SECRET_HEADER
 from postback_router.api.conversion_update import conversion_update_schema
 from postback_router.api.intake import PARAMETERS, REQUIRED
 from schemas import load_schema
+from schemas.version import __version__
 
 JSON = "application/json"
 _ID = {"type": "string", "minLength": 1, "maxLength": 256}

@@ -12,10 +12,10 @@ import signal
 
 from postback_router.api.app import build_app
 from postback_router.api.backend import KafkaBackend
-from postback_router.consumer_health import KafkaHealth
-from postback_router.diagnostics import dump_tasks
-from postback_router.ops_http import OpsServer, Readiness, new_registry
-from postback_router.settings import Settings
+from service.consumer_health import KafkaHealth
+from service.diagnostics import dump_tasks
+from service.ops_http import OpsServer, Readiness, new_registry
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from postback_router.settings import load_settings
+from service.settings import load_settings
 from tests.prometheus_tools import promtool_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -291,7 +291,7 @@ def test_the_processes_register_every_metric_the_alerts_and_dashboard_rely_on() 
     """A renamed metric would leave an alert silently never firing: each name must be in the code."""
     literals = {
         literal
-        for package in ("postback_router", "streams", "dispatchers")
+        for package in ("postback_router", "streams", "dispatchers", "service")
         for path in (REPO / package).rglob("*.py")
         for literal in re.findall(r"[\"'](postback_[a-z_]+)[\"']", path.read_text(encoding="utf-8"))
     }

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from postback_router.embedded_broker import free_loopback_port
-from postback_router.kafka_io import Record, produce, read_topic
+from service.kafka_io import Record, produce, read_topic
 
 # Generous: on a loaded 2-core CI machine a worker start (group join, table recovery) can take
 # several seconds; a test that waits this long has failed anyway.
@@ -202,7 +202,7 @@ class Deployment:
         return await wait_for_records(self.bootstrap, self.topic(name), condition, deadline, describe, check_alive)
 
     async def create_topics(self) -> None:
-        from postback_router.settings import load_settings
-        from postback_router.topics import ensure_topics
+        from service.settings import load_settings
+        from service.topics import ensure_topics
 
         await ensure_topics(load_settings(self.env()))

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from devtools.fakes.platforms import FakeGoogleAds, FakeMeta, FakeOAuthServer
 from tests import factories as f
-from tests.fakes.platforms import FakeGoogleAds, FakeMeta, FakeOAuthServer
 from tests.integration.kafka_helpers import Deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.time_dependent]

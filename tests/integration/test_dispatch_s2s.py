@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.schema_checks import full_validator
+from devtools.fakes.s2s_sink import S2SSink
+from streams.core.schema_checks import full_validator
 from tests import factories as f
-from tests.fakes.s2s_sink import S2SSink
 from tests.integration.kafka_helpers import Deployment, Record
 
 pytestmark = [pytest.mark.integration, pytest.mark.time_dependent]

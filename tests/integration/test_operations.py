@@ -19,9 +19,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.fakes.s2s_sink import S2SSink
 from postback_router.embedded_broker import free_loopback_port
 from tests import factories as f
-from tests.fakes.s2s_sink import S2SSink
 from tests.integration.kafka_helpers import DEFAULT_DEADLINE_SECONDS, Deployment, WorkerProcess
 from tests.prometheus_tools import prometheus_path
 

@@ -66,7 +66,7 @@ def outcome_count(n: int):  # type: ignore[no-untyped-def]
 
 
 async def test_every_emitted_message_validates_against_its_schema(deployment: Deployment) -> None:
-    from streams.schema_checks import full_validator
+    from streams.core.schema_checks import full_validator
 
     await deployment.produce(
         "campaign-rules",

@@ -1,0 +1,3 @@
+"""What every process of the service is built on, below the worker, the dispatchers and the api:
+settings, Kafka reads and writes, compacted-topic views, changelog stores, topic creation, the ops
+HTTP server (/metrics, /healthz, /readyz), consumer health, logs."""

@@ -1,0 +1,324 @@
+"""Configuration: read once from the environment, validated at start-up.
+
+Every setting is an environment variable; README.md lists them all. A bad value stops the process
+with a message naming the variable (contract §5).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import phonenumbers
+
+from schemas.kinds import DEFAULT_VERSIONS, KINDS, STATUSES, VERSION_SETTINGS, normalize_version
+
+__all__ = ["KINDS", "STATUSES", "RateLimitSetting", "Settings", "SettingsError", "Topics", "load_settings"]
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSetting:
+    """DESTINATION_RATE_LIMIT: requests per second to one destination, and the burst allowed above it."""
+
+    rate_per_second: float
+    burst: float
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names the variable."""
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """Seconds from `90d`, `12h`, `30m`, `10s`, `250ms` or a bare number of seconds."""
+    match = _DURATION.match(raw.strip())
+    if not match:
+        raise SettingsError(f"{name}={raw!r}: expected a duration such as 90d, 12h, 30m, 10s, 250ms or seconds")
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected true or false")
+
+
+def _positive(name: str, raw: str) -> float:
+    seconds = parse_duration(name, raw)
+    if seconds <= 0:
+        raise SettingsError(f"{name}={raw!r}: must be longer than 0")
+    return seconds
+
+
+def _int(name: str, raw: str, minimum: int, maximum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name}={value}: must be between {minimum} and {maximum}")
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    conversions: str
+    campaign_rules: str
+    offer_sources: str
+    postbacks: dict[str, str]  # kind -> topic
+    results: str
+    dead_letter: str
+    evaluations: str
+    # Compacted: the non-personal fields of each conversion taken in by the api, so that
+    # PATCH /v1/conversions/{id} can publish an update of it (see postback_router/api).
+    conversion_index: str = "conversions.index"
+    prefix: str = ""
+
+    def invalid(self, topic: str) -> str:
+        return topic + ".invalid"
+
+    @property
+    def compacted(self) -> tuple[str, ...]:
+        return (self.campaign_rules, self.offer_sources, self.conversion_index)
+
+    def all(self) -> tuple[str, ...]:
+        return (
+            self.conversions,
+            self.invalid(self.conversions),
+            self.campaign_rules,
+            self.invalid(self.campaign_rules),
+            self.offer_sources,
+            self.invalid(self.offer_sources),
+            *self.postbacks.values(),
+            self.results,
+            self.dead_letter,
+            self.evaluations,
+            self.conversion_index,
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str
+    app_id: str
+    topics: Topics
+    default_status: str = "approved"
+    # ISO 3166-1 alpha-2: the region of national-format phone numbers when neither the conversion
+    # (`country`) nor its offer source (`default_region`) names one. None: such numbers are not hashed.
+    default_phone_region: str | None = None
+    max_conversion_bytes: int = 65_536
+    fired_state_retention_seconds: int = 90 * 86400
+    fired_state_sweep_interval_seconds: float = 3600
+    state_store: str = "rocksdb://"
+    state_dir: str = "var/state"
+    auto_create_topics: bool = True
+    topic_partitions: int = 8
+    topic_replication_factor: int | None = None  # None: min(3, brokers in the cluster)
+    emit_evaluations: bool = False
+    batch_max_size: int = 1000
+    session_timeout_seconds: float = 30.0
+    heartbeat_interval_seconds: float = 3.0
+    log_level: str = "INFO"
+    kafka_log_level: str = "WARNING"
+    allow_private_targets: bool = False
+    delivery_timeout_seconds: float = 10.0
+    delivery_max_age_seconds: float = 24 * 3600
+    retry_base_delay_seconds: float = 1.0
+    retry_max_delay_seconds: float = 2 * 3600
+    destination_concurrency: int = 8
+    destination_rate_limit: RateLimitSetting | None = None
+    # PlatformCredentials keyword -> URL, only for those set (tests and proxies; the defaults are the platforms')
+    platform_urls: Mapping[str, str] = field(default_factory=dict)
+    # kind -> API version the dispatchers call (GOOGLE_ADS_API_VERSION, ...; dispatchers/platforms/api_versions.py)
+    platform_api_versions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_VERSIONS))
+    # The HTTP server of every process (/metrics, /healthz, /readyz; the api's routes too). Port 0: none.
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    log_format: str = "json"
+    # `postback-router api` only. Secrets: kept out of repr() so that they never reach a log line.
+    api_token: str | None = field(default=None, repr=False)
+    intake_secret: str | None = field(default=None, repr=False)
+    api_max_body_bytes: int = 1_048_576
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def delivery_state_changelog(self, kind: str) -> str:
+        """The compacted changelog of a dispatcher's delivery state: one partition per postbacks partition."""
+        return f"{self.topics.prefix}{self.app_id}-dispatch-{kind}-state"
+
+    @property
+    def fired_state_changelog(self) -> str:
+        """The compacted changelog of the fired-state: one partition per conversions partition."""
+        return f"{self.topics.prefix}{self.app_id}-fired-state-changelog"
+
+
+def _rate(name: str, raw: str) -> RateLimitSetting | None:
+    """`none`, or `<rate>/s` with an optional burst: `50/s`, `50/s:100`."""
+    value = raw.strip().lower()
+    if value in ("", "none", "off"):
+        return None
+    match = re.match(r"^(\d+(?:\.\d+)?)/s(?::(\d+))?$", value)
+    if not match:
+        raise SettingsError(f"{name}={raw!r}: expected none or a rate such as 50/s or 50/s:100 (burst)")
+    rate = float(match.group(1))
+    if rate <= 0:
+        raise SettingsError(f"{name}={raw!r}: the rate must be above 0")
+    return RateLimitSetting(rate, float(match.group(2) or max(1.0, rate)))
+
+
+PLATFORM_URL_SETTINGS = {
+    "GOOGLE_ADS_BASE_URL": "google_ads_base_url",
+    "META_BASE_URL": "meta_base_url",
+    "TIKTOK_BASE_URL": "tiktok_base_url",
+    "MICROSOFT_ADS_BASE_URL": "microsoft_ads_base_url",
+    "OAUTH_TOKEN_URL_GOOGLE": "oauth_token_url_google",
+    "OAUTH_TOKEN_URL_MICROSOFT": "oauth_token_url_microsoft",
+}
+
+
+def _platform_urls(env: Mapping[str, str]) -> dict[str, str]:
+    urls: dict[str, str] = {}
+    for name, keyword in PLATFORM_URL_SETTINGS.items():
+        value = env.get(name, "").strip()
+        if value:
+            if not re.match(r"^https?://[^\s/]+", value):
+                raise SettingsError(f"{name}={value!r}: expected an http(s) URL")
+            urls[keyword] = value.rstrip("/")
+    return urls
+
+
+def _platform_api_versions(env: Mapping[str, str]) -> dict[str, str]:
+    """kind -> API version, in its one normalised form (`26` -> `v26`); unset or empty: the default."""
+    versions: dict[str, str] = {}
+    for kind, name in VERSION_SETTINGS.items():
+        raw = env.get(name, "").strip()
+        try:
+            versions[kind] = normalize_version(kind, raw) if raw else DEFAULT_VERSIONS[kind]
+        except ValueError as exc:
+            raise SettingsError(f"{name}={raw!r}: {exc}") from None
+    return versions
+
+
+def _topic(env: Mapping[str, str], prefix: str, name: str, default: str) -> str:
+    value = prefix + env.get(name, default)
+    if not _TOPIC_NAME.match(value):
+        raise SettingsError(f"{name}={value!r}: a topic name is 1-249 of A-Z a-z 0-9 . _ -")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool = True) -> Settings:
+    """Settings from `env` (default: os.environ); raises SettingsError naming the bad variable."""
+    env = os.environ if env is None else env
+    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if require_kafka and not bootstrap:
+        raise SettingsError(
+            "KAFKA_BOOTSTRAP_SERVERS is not set: give the Kafka cluster as host:port[,host:port], "
+            "or start a development broker with `postback-router broker`"
+        )
+    prefix = env.get("TOPIC_PREFIX", "")
+    if prefix and not _TOPIC_NAME.match(prefix):
+        raise SettingsError(f"TOPIC_PREFIX={prefix!r}: a topic prefix is made of A-Z a-z 0-9 . _ -")
+    postbacks_prefix = env.get("TOPIC_POSTBACKS_PREFIX", "postbacks")
+    topics = Topics(
+        conversions=_topic(env, prefix, "TOPIC_CONVERSIONS", "conversions"),
+        campaign_rules=_topic(env, prefix, "TOPIC_CAMPAIGN_RULES", "campaign-rules"),
+        offer_sources=_topic(env, prefix, "TOPIC_OFFER_SOURCES", "offer-sources"),
+        postbacks={kind: _topic({}, prefix, "TOPIC_POSTBACKS_PREFIX", f"{postbacks_prefix}.{kind}") for kind in KINDS},
+        results=_topic(env, prefix, "TOPIC_RESULTS", f"{postbacks_prefix}.results"),
+        dead_letter=_topic(env, prefix, "TOPIC_DEAD_LETTER", f"{postbacks_prefix}.dead-letter"),
+        evaluations=_topic(env, prefix, "TOPIC_EVALUATIONS", "conversions.evaluated"),
+        conversion_index=_topic(env, prefix, "TOPIC_CONVERSION_INDEX", "conversions.index"),
+        prefix=prefix,
+    )
+    default_status = env.get("DEFAULT_STATUS", "approved")
+    if default_status not in STATUSES:
+        raise SettingsError(f"DEFAULT_STATUS={default_status!r}: must be one of {', '.join(STATUSES)}")
+    phone_region_raw = env.get("DEFAULT_PHONE_REGION", "")
+    default_phone_region = phone_region_raw.strip().upper() or None
+    if default_phone_region is not None and not (
+        re.fullmatch(r"[A-Z]{2}", default_phone_region) and default_phone_region in phonenumbers.SUPPORTED_REGIONS
+    ):
+        raise SettingsError(
+            f"DEFAULT_PHONE_REGION={phone_region_raw!r}: expected an ISO 3166-1 alpha-2 country code "
+            "with a phone numbering plan, such as GB or US (UK is GB), or unset"
+        )
+    state_store = env.get("STATE_STORE", "rocksdb://")
+    if state_store not in ("rocksdb://", "memory://"):
+        raise SettingsError(f"STATE_STORE={state_store!r}: must be rocksdb:// (production) or memory:// (tests)")
+    replication_raw = env.get("TOPIC_REPLICATION_FACTOR", "auto")
+    replication = None if replication_raw == "auto" else _int("TOPIC_REPLICATION_FACTOR", replication_raw, 1, 10)
+    log_level = env.get("LOG_LEVEL", "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"LOG_LEVEL={log_level!r}: must be DEBUG, INFO, WARNING or ERROR")
+    kafka_log_level = env.get("KAFKA_LOG_LEVEL", "WARNING").upper()
+    if kafka_log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"KAFKA_LOG_LEVEL={kafka_log_level!r}: must be DEBUG, INFO, WARNING or ERROR")
+    session_timeout = parse_duration("KAFKA_SESSION_TIMEOUT", env.get("KAFKA_SESSION_TIMEOUT", "30s"))
+    heartbeat = parse_duration("KAFKA_HEARTBEAT_INTERVAL", env.get("KAFKA_HEARTBEAT_INTERVAL", "3s"))
+    if heartbeat * 3 > session_timeout:
+        raise SettingsError("KAFKA_HEARTBEAT_INTERVAL must be at most a third of KAFKA_SESSION_TIMEOUT")
+    # Fired-state younger than the retention is what makes a re-delivery fire nothing (contract §2.5);
+    # a retention under a second would forget every postback at once, a zero sweep interval spin.
+    retention_raw = env.get("FIRED_STATE_RETENTION", "90d")
+    retention = int(parse_duration("FIRED_STATE_RETENTION", retention_raw))
+    if retention < 1:
+        raise SettingsError(f"FIRED_STATE_RETENTION={retention_raw!r}: must be at least 1s")
+    sweep_raw = env.get("FIRED_STATE_SWEEP_INTERVAL", "1h")
+    sweep_interval = parse_duration("FIRED_STATE_SWEEP_INTERVAL", sweep_raw)
+    if sweep_interval <= 0:
+        raise SettingsError(f"FIRED_STATE_SWEEP_INTERVAL={sweep_raw!r}: must be more than 0")
+    log_format = env.get("LOG_FORMAT", "json").strip().lower()
+    if log_format not in ("json", "text"):
+        raise SettingsError(f"LOG_FORMAT={log_format!r}: must be json (production) or text (a terminal)")
+    return Settings(
+        bootstrap_servers=bootstrap,
+        app_id=env.get("APP_ID", "postback-router"),
+        topics=topics,
+        default_status=default_status,
+        default_phone_region=default_phone_region,
+        max_conversion_bytes=_int("MAX_CONVERSION_BYTES", env.get("MAX_CONVERSION_BYTES", "65536"), 256, 16_777_216),
+        fired_state_retention_seconds=retention,
+        fired_state_sweep_interval_seconds=sweep_interval,
+        state_store=state_store,
+        state_dir=env.get("STATE_DIR", "var/state"),
+        auto_create_topics=_bool("AUTO_CREATE_TOPICS", env.get("AUTO_CREATE_TOPICS", "true")),
+        topic_partitions=_int("TOPIC_PARTITIONS", env.get("TOPIC_PARTITIONS", "8"), 1, 10_000),
+        topic_replication_factor=replication,
+        emit_evaluations=_bool("EMIT_EVALUATIONS", env.get("EMIT_EVALUATIONS", "false")),
+        batch_max_size=_int("BATCH_MAX_SIZE", env.get("BATCH_MAX_SIZE", "1000"), 1, 100_000),
+        session_timeout_seconds=session_timeout,
+        heartbeat_interval_seconds=heartbeat,
+        log_level=log_level,
+        kafka_log_level=kafka_log_level,
+        allow_private_targets=_bool("POSTBACK_ALLOW_PRIVATE_TARGETS", env.get("POSTBACK_ALLOW_PRIVATE_TARGETS", "0")),
+        delivery_timeout_seconds=_positive("DELIVERY_TIMEOUT", env.get("DELIVERY_TIMEOUT", "10s")),
+        delivery_max_age_seconds=_positive("DELIVERY_MAX_AGE", env.get("DELIVERY_MAX_AGE", "24h")),
+        retry_base_delay_seconds=_positive("RETRY_BASE_DELAY", env.get("RETRY_BASE_DELAY", "1s")),
+        retry_max_delay_seconds=_positive("RETRY_MAX_DELAY", env.get("RETRY_MAX_DELAY", "2h")),
+        destination_concurrency=_int("DESTINATION_CONCURRENCY", env.get("DESTINATION_CONCURRENCY", "8"), 1, 1000),
+        destination_rate_limit=_rate("DESTINATION_RATE_LIMIT", env.get("DESTINATION_RATE_LIMIT", "none")),
+        platform_urls=_platform_urls(env),
+        platform_api_versions=_platform_api_versions(env),
+        http_host=env.get("HTTP_HOST", "0.0.0.0").strip() or "0.0.0.0",
+        http_port=_int("HTTP_PORT", env.get("HTTP_PORT", "8080"), 0, 65535),
+        log_format=log_format,
+        api_token=_secret("API_TOKEN", env.get("API_TOKEN", "")),
+        intake_secret=_secret("INTAKE_SECRET", env.get("INTAKE_SECRET", "")),
+        api_max_body_bytes=_int("API_MAX_BODY_BYTES", env.get("API_MAX_BODY_BYTES", "1048576"), 1024, 67_108_864),
+    )
+
+
+def _secret(name: str, raw: str) -> str | None:
+    """A shared secret, or None when unset; too short a one is refused (the message never shows it)."""
+    value = raw.strip()
+    if not value:
+        return None
+    if len(value) < 16:
+        raise SettingsError(f"{name} is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
+    return value

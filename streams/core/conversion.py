@@ -1,0 +1,111 @@
+"""Parsing a raw `conversions` record into a Conversion, or an InvalidInput saying why not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from schemas.errors import InvalidInput
+from streams.core.decimals import format_decimal, parse_decimal
+from streams.core.schema_checks import check_fast
+
+DEFAULT_TYPE = "conversion"
+DEFAULT_CURRENCY = "USD"
+CLICK_ID_FIELDS = ("external_id", "gclid", "gbraid", "wbraid", "fbc", "fbp", "ttclid", "msclkid")
+USER_FIELDS = ("email", "phone", "ip", "user_agent", "external_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Conversion:
+    conversion_id: str
+    click_id: str
+    campaign_id: str
+    offer_source_id: str | None
+    type: str
+    status: str | None
+    payout: Decimal
+    currency: str
+    transaction_id: str | None
+    occurred_at: str
+    occurred_at_unix: int
+    click_ids: dict[str, str]
+    user: dict[str, str]
+    subs: dict[str, str]
+    country: str | None = None  # ISO 3166-1 alpha-2, upper-cased: the region of a national-format phone
+
+    @property
+    def payout_text(self) -> str:
+        return format_decimal(self.payout)
+
+
+def parse_conversion(key: bytes | None, value: bytes | None, max_bytes: int) -> Conversion:
+    """Decode, validate against `schemas/conversion.schema.json`, and apply the defaults of contract §3.
+
+    The record key must be the conversion_id: the fired-state is partitioned by it, so a record
+    under another key could fire twice (contract §2.5).
+    """
+    if value is None:
+        raise InvalidInput("not_object", "record value is null; a conversion must be a JSON object")
+    if len(value) > max_bytes:
+        raise InvalidInput("oversized", f"record value is {len(value)} bytes; the limit is {max_bytes}")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("not_utf8", "record value is not UTF-8") from None
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput("not_json", f"record value is not JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("not_object", f"a conversion must be a JSON object, not {type(data).__name__}")
+    check_fast("conversion", data)
+    return _conversion_from_valid(key, data)
+
+
+def _conversion_from_valid(key: bytes | None, data: dict[str, Any]) -> Conversion:
+    conversion_id: str = data["conversion_id"]
+    if key is None or key != conversion_id.encode("utf-8"):
+        raise InvalidInput(
+            "key_mismatch",
+            "record key must equal conversion_id (the fired-state is partitioned by it)",
+            field="conversion_id",
+        )
+    occurred_at: str = data["occurred_at"]
+    try:
+        moment = datetime.fromisoformat(occurred_at)
+    except ValueError:
+        raise InvalidInput("invalid_value", "occurred_at must be an RFC 3339 date-time", field="occurred_at") from None
+    if moment.tzinfo is None:
+        raise InvalidInput("invalid_value", "occurred_at must carry a time zone (RFC 3339)", field="occurred_at")
+    payout_raw = data.get("payout")
+    try:
+        payout = Decimal(0) if payout_raw is None else parse_decimal(payout_raw)
+    except ValueError as exc:
+        raise InvalidInput("invalid_value", f"payout {exc}", field="payout") from None
+    return Conversion(
+        conversion_id=conversion_id,
+        click_id=data["click_id"],
+        campaign_id=data["campaign_id"],
+        offer_source_id=data.get("offer_source_id") or None,
+        type=data.get("type") or DEFAULT_TYPE,
+        status=data.get("status"),
+        payout=payout,
+        currency=data.get("currency") or DEFAULT_CURRENCY,
+        transaction_id=data.get("transaction_id") or None,
+        occurred_at=occurred_at,
+        occurred_at_unix=int(moment.timestamp()),
+        click_ids=_present(data.get("click_ids"), CLICK_ID_FIELDS),
+        user=_present(data.get("user"), USER_FIELDS),
+        subs=dict(data.get("subs") or {}),
+        country=(data.get("country") or "").upper() or None,
+    )
+
+
+def _present(section: dict[str, Any] | None, names: tuple[str, ...]) -> dict[str, str]:
+    if not section:
+        return {}
+    return {name: section[name] for name in names if section.get(name)}

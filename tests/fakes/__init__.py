@@ -1,1 +1,0 @@
-"""Test doubles that behave like the outside world (ad platforms, OAuth, S2S receivers), served on loopback."""
