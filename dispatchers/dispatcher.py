@@ -1,12 +1,15 @@
 """`postback-router dispatch --kind <kind>|all`: consume matched postbacks, deliver each once, report it.
 
-One Dispatcher per kind, each in its own consumer group on `postbacks.<kind>`; S2S postbacks go
-through DeliveryScheduler (one request each), ad-platform ones through BatchDeliveryScheduler
-(batched per account or pixel). Per consumed batch: a postback_id that already has a delivery state is skipped (dedupe
-across restarts); the others get a `pending` state, written to the state changelog and
-acknowledged before the input offsets are committed, and go to the DeliveryScheduler. When a
-postback ends, its record goes to `postbacks.results` (and `postbacks.dead-letter` unless
-delivered), then its state becomes `final`.
+One Dispatcher per kind, each an application of the consumer-group member shell
+(service/group_member.py) in its own group on `postbacks.<kind>`: the member restores the delivery
+state of assigned partitions, fetches, and commits a batch's offsets once its states are
+acknowledged. S2S postbacks go through DeliveryScheduler (one request each), ad-platform ones
+through BatchDeliveryScheduler (batched per account or pixel). Per consumed batch: a postback_id
+that already has a delivery state is skipped (dedupe across restarts); the others get a `pending`
+state, written to the state changelog and acknowledged before the input offsets are committed, and
+go to the scheduler. When a postback ends, its record goes to `postbacks.results` (and
+`postbacks.dead-letter` unless delivered), then its state becomes `final`. The records are built in
+dispatchers/core/delivery_records.py.
 
 On a rebalance or a stop the scheduler is drained: attempts in flight finish (or are cut after
 DRAIN_SECONDS) and what is still pending is written back with its attempts; whoever owns the
@@ -18,7 +21,6 @@ postback twice.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import signal
 import time
@@ -28,8 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from dispatchers.adapters.http_transport import AiohttpTransport
@@ -43,6 +44,14 @@ from dispatchers.adapters.metrics import (
 from dispatchers.adapters.platform_credentials import PlatformCredentials
 from dispatchers.adapters.secrets import SecretStore
 from dispatchers.core.circuit_breaker import BreakerState, CircuitBreakers
+from dispatchers.core.delivery_records import (
+    dead_letter_record,
+    decode_postback,
+    pending_state,
+    result_record,
+    undecodable_record,
+    utc_iso,
+)
 from dispatchers.core.delivery_state import DeliveryState, decode_delivery_state, encode_delivery_state
 from dispatchers.core.retry_policy import RetryPolicy
 from dispatchers.engine.batch_scheduler import BatchDeliveryScheduler
@@ -54,7 +63,8 @@ from dispatchers.platforms.api_versions import sunset_notice
 from service.changelog_store import ChangelogStore
 from service.consumer_health import ConsumerLag, KafkaHealth
 from service.diagnostics import dump_tasks
-from service.kafka_io import send_all, until_done
+from service.group_member import Batch, GroupMember
+from service.kafka_io import Outgoing
 from service.ops_http import Readiness, new_registry, ops_server
 from service.settings import Settings
 
@@ -63,51 +73,8 @@ log = logging.getLogger(__name__)
 # How long a rebalance or stop lets attempts in flight finish before cutting them: long enough for a
 # normal request, short enough to stay well inside the consumer group's rebalance timeout.
 DRAIN_SECONDS = 5.0
-FETCH_TIMEOUT_MS = 200
-SCHEMA_VERSION = 1
-
-
-def _iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def result_record(final: FinalOutcome) -> dict[str, Any]:
-    """The `postbacks.results` message (schemas/delivery-result.schema.json)."""
-    postback = final.postback
-    outcome = final.last_outcome
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "postback_id": postback["postback_id"],
-        "kind": postback["kind"],
-        "destination_id": postback["destination_id"],
-        "conversion_id": postback["conversion_id"],
-        "campaign_id": postback["campaign_id"],
-        "entry_id": postback["entry_id"],
-        "result": final.result,
-        "attempts": final.attempts,
-        "last_http_status": outcome.http_status,
-        "last_reason": outcome.reason,
-        "last_detail": outcome.detail,
-        "latency_seconds": round(max(final.latency_seconds, 0.0), 6),
-        "first_attempt_at": _iso(final.first_attempt_at),
-        "finished_at": _iso(final.finished_at),
-    }
-
-
-def dead_letter_record(final: FinalOutcome) -> dict[str, Any]:
-    """The `postbacks.dead-letter` message (schemas/dead-letter.schema.json)."""
-    outcome = final.last_outcome
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "postback_id": final.postback["postback_id"],
-        "result": final.result,
-        "reason": outcome.reason,
-        "detail": outcome.detail,
-        "last_http_status": outcome.http_status,
-        "attempts": final.attempts,
-        "dead_lettered_at": _iso(final.finished_at),
-        "postback": final.postback,
-    }
+# Records handed over per fetched batch.
+MAX_BATCH_RECORDS = 1000
 
 
 class PostbackScheduler(Protocol):
@@ -156,11 +123,19 @@ class Dispatcher:
         )
         self._scheduler = self._new_scheduler()
         self._partition_of: dict[str, int] = {}  # postback_id -> partition, while not final
-        self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._producer: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
-        self._processed: dict[TopicPartition, int] = {}
+        self.member = GroupMember(
+            self,
+            settings,
+            group_id=self.group_id,
+            topics=[self.topic],
+            stores={self.topic: self.store},
+            readiness=self.process.readiness,
+            consumer_check=f"consumer:{kind}",
+            restore_check=f"state:{kind}",
+            kafka_health=self.process.kafka_health,
+            lag=self.process.lag,
+            max_records=MAX_BATCH_RECORDS,
+        )
 
     def _new_scheduler(self) -> PostbackScheduler:
         common: dict[str, Any] = {
@@ -182,7 +157,7 @@ class Dispatcher:
         )
 
     def stop(self) -> None:
-        self._stopping.set()
+        self.member.stop()
 
     def pending_count(self) -> int:
         """Postbacks accepted by this dispatcher and not final yet."""
@@ -192,64 +167,28 @@ class Dispatcher:
         return list(self._breakers.states().items())
 
     async def run(self) -> None:
-        settings = self.settings
-        self._producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=1)
-        await self._producer.start()
-        self.process.readiness.set("kafka", True)
-        await self._transport.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=int(settings.session_timeout_seconds * 1000),
-            heartbeat_interval_ms=int(settings.heartbeat_interval_seconds * 1000),
-            isolation_level="read_committed",
-        )
-        self._consumer.subscribe([self.topic], listener=_Rebalance(self))
-        lag: asyncio.Task[None] | None = None
-        probe: asyncio.Task[None] | None = None
         try:
-            await self._consumer.start()
-            self.process.readiness.set(f"consumer:{self.kind}", True)
-            lag = asyncio.create_task(self.process.lag.run(self._consumer), name=f"consumer-lag:{self.kind}")
-            probe = asyncio.create_task(
-                self.process.kafka_health.probe_forever(self._producer.client), name=f"kafka-probe:{self.kind}"
-            )
-            log.info("dispatching %s from %s as group %s", self.kind, self.topic, self.group_id)
-            while not self._stopping.is_set():
-                batches = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS, max_records=1000)
-                if batches:
-                    async with self._lock:
-                        await self._accept(batches)
-                    await self._commit()
+            await self.member.run()
         finally:
-            self.process.readiness.set(f"consumer:{self.kind}", False)
-            for task in (lag, probe):
-                if task is not None:
-                    task.cancel()
-            async with self._lock:
-                await self._park_pending()
-                await self._commit()
-            await self._consumer.stop()
-            self.store.close()
-            await self._transport.close()
-            await self._producer.stop()
             log.info("dispatcher stopped")
 
-    async def _accept(self, batches: dict[TopicPartition, list[Any]]) -> None:
+    async def prepare(self) -> None:
+        await self._transport.start()
+        log.info("dispatching %s from %s as group %s", self.kind, self.topic, self.group_id)
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+    async def handle(self, batch: Batch) -> None:
         now = int(time.time())
-        received = _iso(datetime.now(UTC))
+        received = utc_iso(datetime.now(UTC))
         accepted: list[tuple[int, dict[str, Any]]] = []
         rejected: list[tuple[bytes | None, dict[str, Any]]] = []
-        owned = self.store.partitions
-        for tp, records in batches.items():
-            if tp.partition not in owned:
-                continue  # revoked before this batch ran: the new owner reads it again
+        for tp, records in batch.items():
             for record in records:
-                postback = _decode(record.value, self.kind)
+                postback = decode_postback(record.value, self.kind)
                 if postback is None:
-                    rejected.append(_undecodable(record.key, record.value, received))
+                    rejected.append(undecodable_record(record.key, record.value, received))
                     continue
                 pid = postback["postback_id"]
                 if pid in self._partition_of or self.store.get_raw(pid.encode(), tp.partition) is not None:
@@ -257,7 +196,6 @@ class Dispatcher:
                     continue  # already pending or final: never delivered twice
                 self._partition_of[pid] = tp.partition
                 accepted.append((tp.partition, postback))
-            self._processed[tp] = records[-1].offset + 1
         if rejected:
             await self._produce_undecodable(rejected)
         states = [
@@ -271,10 +209,11 @@ class Dispatcher:
     async def _on_final(self, final: FinalOutcome) -> None:
         pid = final.postback["postback_id"]
         partition = self._partition_of.pop(pid, None)
-        records = [(self.settings.topics.results, pid.encode(), orjson.dumps(result_record(final)))]
+        topics = self.settings.topics
+        records: list[Outgoing] = [(topics.results, pid.encode(), orjson.dumps(result_record(final)), None)]
         if final.result != "delivered":
-            records.append((self.settings.topics.dead_letter, pid.encode(), orjson.dumps(dead_letter_record(final))))
-        await until_done(lambda: self._produce(records), "writing a delivery result", self.process.kafka_health)
+            records.append((topics.dead_letter, pid.encode(), orjson.dumps(dead_letter_record(final)), None))
+        await self.member.send(records, "writing a delivery result")
         self._count_final(final)
         postback = final.postback
         log.info(
@@ -311,67 +250,34 @@ class Dispatcher:
             pid = item.postback["postback_id"]
             partition = self._partition_of.pop(pid, None)
             if partition is not None:
-                states.append((partition, pid.encode(), _pending_state(item, now)))
+                states.append((partition, pid.encode(), pending_state(item, now)))
         await self._write_states(states)
 
     async def _write_states(self, states: list[tuple[int, bytes, DeliveryState]]) -> None:
-        if not states:
-            return
-        topic = self.store.changelog_topic
-        records: list[tuple[str, bytes | None, bytes]] = [
-            (topic, key, encode_delivery_state(state)) for _, key, state in states
-        ]
-        partitions = [partition for partition, _, _ in states]
-        offsets = await until_done(
-            lambda: self._produce(records, partitions), "writing delivery state", self.process.kafka_health
-        )
-        for (partition, key, state), offset in zip(states, offsets, strict=True):
-            self.store.apply(partition, key, encode_delivery_state(state), offset)
-
-    async def _produce(
-        self, records: list[tuple[str, bytes | None, bytes]], partitions: list[int] | None = None
-    ) -> list[int]:
-        assert self._producer is not None
-        return await send_all(
-            self._producer,
-            [(t, k, v, None if partitions is None else partitions[i]) for i, (t, k, v) in enumerate(records)],
-        )
+        changes = [(partition, key, encode_delivery_state(state)) for partition, key, state in states]
+        await self.member.write_changelog(self.store, changes, "writing delivery state")
 
     async def _produce_undecodable(self, rejected: list[tuple[bytes | None, dict[str, Any]]]) -> None:
         # Not a postback (no trustworthy postback_id): kept in dead-letter with its bytes, no result record.
-        records = [(self.settings.topics.dead_letter, key, orjson.dumps(dead)) for key, dead in rejected]
-        await until_done(
-            lambda: self._produce(records), "writing an undecodable postback to dead-letter", self.process.kafka_health
-        )
+        records: list[Outgoing] = [
+            (self.settings.topics.dead_letter, key, orjson.dumps(dead), None) for key, dead in rejected
+        ]
+        await self.member.send(records, "writing an undecodable postback to dead-letter")
         self.metrics.dead_letters.labels(self.kind, "invalid_message").inc(len(records))
         log.warning(
             "%d undecodable record(s) on %s kept in %s", len(records), self.topic, self.settings.topics.dead_letter
         )
 
-    async def _commit(self) -> None:
-        if not self._processed or self._consumer is None:
-            return
-        offsets, self._processed = self._processed, {}
-        try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            log.warning("commit after a rebalance failed (%s); the new owner skips what has a state", exc)
-
-    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        async with self._lock:
-            state_check = f"state:{self.kind}"
-            self.process.readiness.set(state_check, False)
-            await self.store.assign({tp.partition for tp in assigned if tp.topic == self.topic})
-            self.process.readiness.set(state_check, True)
-            resumed = 0
-            for partition, key, raw in self.store.items():
-                state = decode_delivery_state(raw)
-                if state.status == "pending" and state.postback is not None:
-                    self._partition_of[key.decode()] = partition
-                    first = datetime.fromisoformat(state.first_attempt_at) if state.first_attempt_at else None
-                    self._scheduler.submit(state.postback, attempts=state.attempts, first_attempt_at=first)
-                    resumed += 1
-            await self._scheduler.start()
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        resumed = 0
+        for partition, key, raw in self.store.items():
+            state = decode_delivery_state(raw)
+            if state.status == "pending" and state.postback is not None:
+                self._partition_of[key.decode()] = partition
+                first = datetime.fromisoformat(state.first_attempt_at) if state.first_attempt_at else None
+                self._scheduler.submit(state.postback, attempts=state.attempts, first_attempt_at=first)
+                resumed += 1
+        await self._scheduler.start()
         log.info(
             "assigned %s partitions %s; resumed %d pending postbacks",
             self.topic,
@@ -379,63 +285,8 @@ class Dispatcher:
             resumed,
         )
 
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self._lock:
-            await self._park_pending()
-            await self._commit()
-            self.store.revoke({tp.partition for tp in revoked if tp.topic == self.topic})
-
-
-def _pending_state(item: PendingPostback, now: int) -> DeliveryState:
-    first = _iso(item.first_attempt_at) if item.first_attempt_at else None
-    return DeliveryState("pending", now, item.attempts, first, None, item.postback)
-
-
-def _decode(value: bytes | None, kind: str) -> dict[str, Any] | None:
-    try:
-        postback = orjson.loads(value) if value is not None else None
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(postback, dict):
-        return None
-    required: tuple[str, ...] = ("postback_id", "destination_id", "kind", "conversion_id", "campaign_id", "entry_id")
-    if kind == "s2s":
-        required += ("url", "method")
-    if postback.get("kind") != kind or not all(isinstance(postback.get(name), str) for name in required):
-        return None
-    return postback
-
-
-def _undecodable(key: bytes | None, value: bytes | None, now: str) -> tuple[bytes | None, dict[str, Any]]:
-    pid = key.decode("utf-8", "replace") if key else ""
-    try:
-        original = (value or b"").decode("utf-8")
-    except UnicodeDecodeError:
-        original = base64.b64encode(value or b"").decode("ascii")
-    dead = {
-        "schema_version": SCHEMA_VERSION,
-        "postback_id": pid,
-        "result": "rejected",
-        "reason": "invalid_message",
-        "detail": "not a matched postback of this topic's kind (see schemas/matched-postback.schema.json)",
-        "last_http_status": None,
-        "attempts": 0,
-        "dead_lettered_at": now,
-        "postback": None,
-        "original_value": original,
-    }
-    return key, dead
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, dispatcher: Dispatcher) -> None:
-        self._dispatcher = dispatcher
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._dispatcher.on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._dispatcher.on_assigned(set(assigned))
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        await self._park_pending()
 
 
 class ProcessHealth:
@@ -445,9 +296,7 @@ class ProcessHealth:
         self.registry = registry
         self.metrics = DispatcherMetrics(registry)
         checks = ["kafka"] + [f"{prefix}:{kind}" for kind in kinds for prefix in ("consumer", "state")]
-        self.readiness = Readiness(registry, checks)
-        for kind in kinds:
-            self.readiness.set(f"state:{kind}", True)  # nothing to restore until partitions are assigned
+        self.readiness = Readiness(registry, checks)  # each kind's GroupMember sets its consumer and state checks
         self.kafka_health = KafkaHealth(registry, self.readiness)
         self.lag = ConsumerLag(registry)
 

@@ -4,7 +4,8 @@ Used for the worker's fired-state (keyed by conversion_id) and the dispatchers' 
 (keyed by postback_id). The state of input partition p lives in changelog partition p, so it moves
 with the partition in a consumer-group rebalance. Every change is written to the changelog, and
 acknowledged, before the input offsets that caused it are committed; a process that is assigned a
-partition restores its state from the changelog before it handles anything on it.
+partition restores its state from the changelog before it handles anything on it (the group member,
+service/group_member.py, does both).
 
 Two backends: memory (tests; restored from the changelog at each assignment) and RocksDB through
 rocksdict (production; keeps the applied changelog offset, so a restart replays only what is new).

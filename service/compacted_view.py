@@ -4,7 +4,8 @@ Every worker reads every partition, so a conversion on any partition finds its c
 like Kafka Streams' GlobalKTable. The topic is its own changelog: no extra topic, and none of the
 recovery loops Faust's GlobalTable shows with several workers. A record that fails to parse is
 skipped and the key keeps its previous valid value; a null value deletes the key. The group member
-that owns the partition writes the `.invalid` record (streams/worker.py), so it is written once.
+that owns the partition writes the `.invalid` record (streams/worker.py, built by
+streams/core/refusals.py), so it is written once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Small Kafka conveniences for tools (demo, tests, operators' scripts): produce records, read a topic."""
+"""Small Kafka conveniences: produce records and read a topic (demo, tests, operators' scripts, state
+restores), and send_all / until_done, which the consumer-group member (group_member.py) writes with."""
 
 from __future__ import annotations
 

@@ -4,11 +4,16 @@ Every line carries `ts`, `level`, `logger`, `message` and `pid`, plus every fiel
 `extra` (`conversion_id`, `postback_id`, `partition`, `offset`, `reason`, ...): strings, numbers
 and booleans as they are, dicts and lists as JSON objects and arrays, anything else as its `str()`;
 a field whose value is None is left out, and one named like a base field (`ts`, `level`, `logger`,
-`pid`, `error`) is written as `extra_<name>`. Before a line is written, the known secret values of
-this process and anything shaped like a credential or an email address are replaced by
-`[redacted]`, in every value of it (dict keys too, numbers as text): a defence in depth, since no
-call site logs them on purpose. A value that cannot be written never stops the line: it becomes a
-placeholder.
+`pid`, `error`) is written as `extra_<name>`. Before a line is written, its text (the message, the
+traceback, every string of `extra`, dict keys too) is scrubbed by `Redactor`: the known secret values
+of this process, bearer tokens, URL userinfo, credential parameters (`CREDENTIAL_NAMES`), email
+addresses, IPv4 and IPv6 addresses (not unspecified or loopback ones) and phone-like numbers become
+`[redacted]`; a defence in depth, since no call site logs them on purpose. The value of an `extra`
+field (or dict key) named like a credential is redacted whole. Numbers of `extra` stay numbers (only
+a known secret value is scrubbed from them), the value of a field named `id` or `*_id` is not read
+as a phone number, and the time, pid, level and logger of a text line are the service's own and
+kept. Every pattern is linear in the length of the text, so a hostile megabyte takes well under a
+second, not hours. A value that cannot be written never stops the line: it becomes a placeholder.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ from typing import Any
 
 import orjson
 
-REDACTED = "[redacted]"
+from schemas.redaction import CREDENTIAL_NAMES, REDACTED, is_credential_name, scrub
+
+__all__ = ["CREDENTIAL_NAMES", "REDACTED", "JsonFormatter", "Redactor", "TextFormatter", "configure_logging"]
+
 # The attributes of every LogRecord (and those Formatter.format adds): whatever else a record has
 # came from the call's `extra`.
 _STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -39,11 +47,6 @@ _BASE_FIELDS = frozenset({"ts", "level", "logger", "message", "pid", "error"})
 _MAX_DEPTH = 8
 # The integers a JSON number carries exactly in orjson (64 bits); larger ones are written as text.
 _INT_RANGE = range(-(2**63), 2**64)
-_SHAPES = re.compile(
-    r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"  # Authorization: Bearer <token>
-    r"|((?:access_token|client_secret|refresh_token|secret|token|password)=)[^&\s\"']+"  # query-string credentials
-    r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"  # an email address
-)
 # Environment variables whose values are secrets (dispatchers/adapters/secrets.py reads POSTBACK_SECRET_*).
 _SECRET_ENV = re.compile(r"^(POSTBACK_SECRET_.+|API_TOKEN|INTAKE_SECRET)$")
 # Shorter values are not scrubbed by value: they would redact ordinary words.
@@ -60,15 +63,17 @@ class Redactor:
         env = os.environ if env is None else env
         return cls(value.strip() for name, value in env.items() if _SECRET_ENV.match(name) and value.strip())
 
-    def __call__(self, text: str) -> str:
-        if self._values is not None:
-            text = self._values.sub(REDACTED, text)
-        return _SHAPES.sub(_keep_prefix, text)
+    def __call__(self, text: str, *, phones: bool = True) -> str:
+        """`text` scrubbed; `phones=False` keeps digit runs (the value of an id field)."""
+        return scrub(self.secret_values(text), phones=phones)
+
+    def secret_values(self, text: str) -> str:
+        """`text` with this process's known secret values scrubbed, and nothing else."""
+        return self._values.sub(REDACTED, text) if self._values is not None else text
 
 
-def _keep_prefix(match: re.Match[str]) -> str:
-    prefix = match.group(1) or match.group(2) or ""
-    return prefix + REDACTED
+def _is_identifier(name: str) -> bool:
+    return name == "id" or name.endswith("_id")
 
 
 def _text(value: object) -> str:
@@ -86,38 +91,44 @@ def context_fields(record: logging.LogRecord) -> dict[str, object]:
     }
 
 
-def safe_value(value: object, redact: Redactor) -> Any:
-    """`value` as something JSON can hold, with every string in it (dict keys too) redacted.
+def safe_value(value: object, redact: Redactor, name: str = "") -> Any:
+    """`value` (of the field or key `name`) as something JSON can hold, with every string in it redacted.
 
-    Numbers stay numbers unless their text holds a secret; non-finite floats and integers beyond
-    64 bits become text; dicts become objects, lists, tuples and sets arrays (down to _MAX_DEPTH);
-    anything else becomes its str(). Never raises: a value that cannot be read becomes a placeholder.
+    The value of a credential's name is redacted whole; in that of an id (`id`, `*_id`) digits are not
+    read as a phone number. Numbers stay numbers unless their text holds a known secret; non-finite
+    floats and integers beyond 64 bits become text; dicts become objects (keys redacted), lists,
+    tuples and sets arrays (down to _MAX_DEPTH); anything else becomes its str(). Never raises: a
+    value that cannot be read becomes a placeholder.
     """
     try:
-        return _safe_value(value, redact, 0)
+        return _safe_value(value, redact, name, 0)
     except Exception:
         return f"<unprintable {type(value).__name__}>"
 
 
-def _safe_value(value: object, redact: Redactor, depth: int) -> Any:
+def _safe_value(value: object, redact: Redactor, name: str, depth: int) -> Any:
+    if is_credential_name(name):
+        return REDACTED
     if isinstance(value, bool):
         return value
     if isinstance(value, int | float):
         text = _text(value)
-        redacted = redact(text)
+        redacted = redact.secret_values(text)
         if redacted != text:
             return redacted
         if isinstance(value, int):
             return int(value) if value in _INT_RANGE else text
         return float(value) if math.isfinite(value) else text
+    phones = not _is_identifier(name)
     if isinstance(value, str):
-        return redact(value)
+        return redact(value, phones=phones)
     if depth < _MAX_DEPTH:
         if isinstance(value, Mapping):
-            return {redact(_text(k)): _safe_value(v, redact, depth + 1) for k, v in value.items()}
+            items = ((_text(k), v) for k, v in value.items())
+            return {redact(key): _safe_value(v, redact, key, depth + 1) for key, v in items}
         if isinstance(value, list | tuple | set | frozenset):
-            return [_safe_value(v, redact, depth + 1) for v in value]
-    return redact(_text(value))
+            return [_safe_value(v, redact, name, depth + 1) for v in value]
+    return redact(_text(value), phones=phones)
 
 
 class JsonFormatter(logging.Formatter):
@@ -135,7 +146,7 @@ class JsonFormatter(logging.Formatter):
         }
         for name, value in context_fields(record).items():
             key = self._redact(f"extra_{name}" if name in _BASE_FIELDS else name)
-            line[key] = safe_value(value, self._redact)
+            line[key] = safe_value(value, self._redact, name)
         if record.exc_info:
             line["error"] = self._redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
         try:
@@ -152,10 +163,15 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
+        # The time, pid, level and logger before the message are the service's own (a 7-digit pid is
+        # not a phone number): the message and traceback after them are scrubbed, the context by value.
+        head = len(self.formatMessage(record)) - len(record.message)
+        text = text[:head] + self._redact(text[head:])
         context = [
-            f"{name}={_plain(safe_value(value, self._redact))}" for name, value in context_fields(record).items()
+            f"{self._redact(name)}={_plain(safe_value(value, self._redact, name))}"
+            for name, value in context_fields(record).items()
         ]
-        return self._redact(f"{text} [{' '.join(context)}]" if context else text)
+        return f"{text} [{' '.join(context)}]" if context else text
 
 
 def _plain(value: Any) -> str:

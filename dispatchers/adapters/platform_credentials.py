@@ -7,9 +7,10 @@ from __future__ import annotations
 from dispatchers.adapters.secrets import SecretError, SecretStore
 from dispatchers.core.outcome import Outcome, Verdict
 from dispatchers.core.secret import Secret
-from dispatchers.engine.batch_scheduler import CredentialsUnavailable, RequestCredentials
+from dispatchers.engine.batch_scheduler import RequestCredentials
 from dispatchers.engine.oauth import OAuthError, OAuthTokenCache
-from schemas.kinds import OAUTH_KINDS
+from dispatchers.engine.scheduler_core import CredentialsUnavailable
+from dispatchers.platforms.registry import platform
 
 OAUTH_SECRET_KEYS = ("developer_token", "client_id", "client_secret", "refresh_token")
 TOKEN_SECRET_KEYS = ("access_token",)
@@ -60,7 +61,7 @@ class PlatformCredentials:
 
     async def resolve(self, kind: str, secret_name: object) -> RequestCredentials:
         """The tokens for one request; raises CredentialsUnavailable (REJECTED or RETRY) when there are none."""
-        oauth = kind in OAUTH_KINDS
+        oauth = platform(kind).USES_OAUTH
         required = OAUTH_SECRET_KEYS if oauth else TOKEN_SECRET_KEYS
         if not isinstance(secret_name, str) or not secret_name:
             raise CredentialsUnavailable(_missing("the rule entry names no credentials secret"))

@@ -1,12 +1,17 @@
-"""When to retry a delivery, and how long to wait (contract §4). Pure: the clock and randomness are injected."""
+"""When to retry a delivery, and how long to wait (contract §4). Pure: the clock and randomness are injected.
+
+`decide` is the one retry decision of both delivery paths (S2S and the ad platforms), and
+`parse_retry_after` the one reading of a destination's Retry-After, capped at MAX_RETRY_AFTER_SECONDS.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Literal
 
 from dispatchers.core.http import TransportError
 from dispatchers.core.outcome import Outcome, Verdict
@@ -17,6 +22,8 @@ MAX_RETRY_AFTER_SECONDS = 2 * 3600.0
 # Statuses that say "try again later" although they are 4xx: request timeout, too early, throttled.
 RETRYABLE_4XX = frozenset({408, 425, 429})
 _DETAIL_LIMIT = 300
+
+FinalResult = Literal["delivered", "rejected", "dead_lettered"]
 
 
 def classify_transport_error(err: TransportError) -> Outcome:
@@ -51,17 +58,16 @@ def http_status_reason(status: int) -> str:
 def outcome_for_status(status: int, headers: Mapping[str, str], *, now: datetime, detail: str = "") -> Outcome:
     """The contract §4 outcome of an HTTP answer, with the destination's Retry-After when it is retried."""
     verdict = classify_http_status(status, headers)
-    retry_after = None
-    if verdict is Verdict.RETRY and "retry-after" in headers:
-        retry_after = parse_retry_after(headers["retry-after"], now)
+    retry_after = parse_retry_after_header(headers, now) if verdict is Verdict.RETRY else None
     return Outcome(verdict, http_status_reason(status), detail[:_DETAIL_LIMIT], status, retry_after)
 
 
-def parse_retry_after(value: str, now: datetime) -> float | None:
+def parse_retry_after(value: str, now: datetime | None) -> float | None:
     """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date), or None when unreadable.
 
-    Dates in the past and negative deltas mean "now" (0); anything over MAX_RETRY_AFTER_SECONDS is clamped.
-    `now` must be timezone-aware (HTTP-dates are in GMT).
+    Dates in the past and negative deltas mean "now" (0); anything over MAX_RETRY_AFTER_SECONDS
+    (`inf`, `1e12`, a date in the year 9999) is clamped, so no answer can park a postback, or overflow
+    a due time. A date needs `now` (timezone-aware; HTTP-dates are in GMT): without it, None.
     """
     text = value.strip()
     if not text:
@@ -73,12 +79,33 @@ def parse_retry_after(value: str, now: datetime) -> float | None:
             when = parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
             return None
+        if now is None:
+            return None
         if when.tzinfo is None:  # "-0000" parses naive; HTTP-dates are GMT
             when = when.replace(tzinfo=now.tzinfo)
         seconds = (when - now).total_seconds()
     if not math.isfinite(seconds):
         return None if math.isnan(seconds) else MAX_RETRY_AFTER_SECONDS if seconds > 0 else 0.0
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
+
+
+def parse_retry_after_header(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """`parse_retry_after` of the `retry-after` header (names lower-cased), None without one.
+
+    An HTTP-date is measured against `now` when given, else against the answer's own `Date` header
+    (what RFC 9110 intends, and no clock read); without either it cannot become a pause.
+    """
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    if now is None:
+        try:
+            now = parsedate_to_datetime(headers.get("date", ""))
+        except (TypeError, ValueError, IndexError):
+            now = None
+        if now is not None and now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+    return parse_retry_after(value, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,3 +161,42 @@ class RetryPolicy:
     def give_up(self, first_attempt_at: datetime, now: datetime) -> bool:
         """True once the postback is older than the maximum age: dead-letter it instead of retrying."""
         return now >= self.deadline(first_attempt_at)
+
+
+@dataclass(frozen=True, slots=True)
+class Finalize:
+    """The postback is done: one record with this result."""
+
+    result: FinalResult
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAt:
+    """The postback goes back to its queue, due at `when`."""
+
+    when: datetime
+
+
+def decide(
+    outcome: Outcome, attempts: int, first_attempt_at: datetime, now: datetime, policy: RetryPolicy, draw: float
+) -> Finalize | RetryAt:
+    """What an attempt's outcome means for its postback, after `attempts` attempts (0: none was sent).
+
+    Delivered or duplicate: delivered; rejected: rejected; to retry: dead-lettered once older than the
+    policy's max age, else due after the backoff (with `draw`, in [0, 1), as its jitter) or the
+    destination's Retry-After, whichever is longer. A due time past the give-up deadline becomes one
+    last attempt at the deadline, unless the destination asked for a longer pause: then it gets that,
+    and the attempt after it is the last.
+    """
+    if outcome.verdict in (Verdict.DELIVERED, Verdict.DUPLICATE):
+        return Finalize("delivered")
+    if outcome.verdict is Verdict.REJECTED:
+        return Finalize("rejected")
+    if policy.give_up(first_attempt_at, now):
+        return Finalize("dead_lettered")
+    retry_after = outcome.retry_after_seconds
+    due = now + timedelta(seconds=policy.next_delay(attempts, retry_after, lambda: draw))
+    deadline = policy.deadline(first_attempt_at)
+    if due > deadline:
+        due = max(deadline, now + timedelta(seconds=retry_after or 0.0))
+    return RetryAt(due)

@@ -1,6 +1,6 @@
 """S2S postbacks: build the HTTP request from a matched postback, and judge the traffic source's answer.
 
-Pure apart from `deliver_s2s`, the thin shell that sends through a Transport.
+Pure: the request goes out through the scheduler (dispatchers/engine/scheduler.py, `deliver_s2s`).
 
 POST decision: the rendered URL's query becomes an `application/x-www-form-urlencoded` body and the
 request goes to the URL without its query. That is what an HTML form POST looks like and what POST
@@ -24,9 +24,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from dispatchers.core.http import HttpRequest, HttpResponse, Transport, TransportError, redact_url
+from dispatchers.core.http import HttpRequest, HttpResponse, redact_url
 from dispatchers.core.outcome import Outcome, Verdict
-from dispatchers.core.retry_policy import classify_transport_error, outcome_for_status
+from dispatchers.core.retry_policy import outcome_for_status
+from schemas.hosts import host_problem
 from schemas.version import __version__
 
 USER_AGENT = f"postback-router/{__version__}"
@@ -60,6 +61,9 @@ def build_s2s_request(postback: Mapping[str, Any], timeout_seconds: float) -> Ht
         return _rejected("invalid_url", f"url scheme {split.scheme!r} is not http or https")
     if not split.hostname:
         return _rejected("invalid_url", "url has no host")
+    host_refusal = host_problem(split.netloc)  # a rule published before hosts were checked (issue 8)
+    if host_refusal is not None:
+        return _rejected("invalid_url", f"url host is not canonical: {host_refusal}")
     if method not in ("GET", "POST"):
         return _rejected("invalid_method", f"method {method!r} is not GET or POST")
     headers = {"User-Agent": USER_AGENT, "Accept": "*/*"}
@@ -117,16 +121,3 @@ def classify_s2s_response(response: HttpResponse, entry: Mapping[str, Any], *, n
             Verdict.REJECTED, f"http_{status}", f"{detail} (not in success_status_codes)"[:DETAIL_MAX_CHARS], status
         )
     return outcome
-
-
-async def deliver_s2s(transport: Transport, postback: Mapping[str, Any], timeout_seconds: float) -> Outcome:
-    """Build, send and classify one S2S postback; never raises for a delivery problem."""
-    request = build_s2s_request(postback, timeout_seconds)
-    if isinstance(request, Outcome):
-        return request
-    try:
-        response = await transport.send(request)
-    except TransportError as err:
-        return classify_transport_error(err)
-    entry = postback.get("entry")
-    return classify_s2s_response(response, entry if isinstance(entry, Mapping) else {})

@@ -1,2 +1,3 @@
-"""The asyncio engines of delivery: schedulers, rate limits, OAuth tokens. They reach the network only
-through the `Transport` of `dispatchers/core/http.py`, and know nothing of Kafka or aiohttp."""
+"""The asyncio engine of delivery: the one scheduler (`scheduler_core.py`) with its S2S (`scheduler.py`) and
+ad-platform (`batch_scheduler.py`) strategies, rate limits, OAuth tokens. It reaches the network only
+through the `Transport` of `dispatchers/core/http.py`, and knows nothing of Kafka or aiohttp."""

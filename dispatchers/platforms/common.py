@@ -5,7 +5,6 @@ Everything here is pure: no I/O and no clock reads (callers pass `now`).
 
 from __future__ import annotations
 
-import email.utils
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,6 +16,7 @@ import orjson
 
 from dispatchers.core.http import HttpResponse
 from dispatchers.core.outcome import Outcome, Verdict
+from dispatchers.core.retry_policy import parse_retry_after_header
 
 Postback = Mapping[str, Any]
 
@@ -112,42 +112,6 @@ def body_excerpt(response: HttpResponse, secrets: Iterable[str] = ()) -> str:
     return safe_detail(response.body.decode("utf-8", errors="replace"), secrets)
 
 
-def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP-date.
-
-    An HTTP-date is measured against `now` when given, else against the response's own `Date`
-    header (what RFC 9110 intends, and it keeps this function free of clock reads); without
-    either the date cannot be turned into a pause and None is returned.
-    """
-    raw = headers.get("retry-after")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    try:
-        seconds = float(raw)
-    except ValueError:
-        pass
-    else:
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
-    target = _http_date(raw)
-    if target is None:
-        return None
-    reference = now if now is not None else _http_date(headers.get("date", ""))
-    if reference is None:
-        return None
-    return max((target - reference).total_seconds(), 0.0)
-
-
-def _http_date(text: str) -> datetime | None:
-    try:
-        parsed = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
-
-
 def same_for_all(postbacks: Sequence[Postback], outcome: Outcome) -> list[Outcome]:
     return [outcome] * len(postbacks)
 
@@ -167,7 +131,7 @@ def status_outcome(
     if 200 <= status <= 299:
         return Outcome(Verdict.DELIVERED, code, detail, http_status=status)
     if is_retryable_status(status):
-        retry_after = parse_retry_after(response.headers, now)
+        retry_after = parse_retry_after_header(response.headers, now)
         return Outcome(
             Verdict.RETRY,
             code,

@@ -31,6 +31,7 @@ from typing import Any
 
 from dispatchers.core.http import HttpRequest, HttpResponse
 from dispatchers.core.outcome import Outcome, Verdict
+from dispatchers.core.retry_policy import parse_retry_after_header
 from dispatchers.platforms.common import (
     Postback,
     body_excerpt,
@@ -41,7 +42,6 @@ from dispatchers.platforms.common import (
     join_url,
     json_body,
     parse_json,
-    parse_retry_after,
     payout_number,
     safe_detail,
     same_for_all,
@@ -49,7 +49,10 @@ from dispatchers.platforms.common import (
     user_fields,
     utc_from_unix,
 )
+from schemas.kinds import OAUTH_KINDS
 
+KIND = "google_ads"
+USES_OAUTH = KIND in OAUTH_KINDS
 MAX_BATCH = 2000
 # A full batch of 2000 rows is processed synchronously by Google and can take several seconds.
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -140,14 +143,16 @@ def build_request(
     *,
     base_url: str,
     access_token: str,
-    developer_token: str,
     api_version: str,
+    developer_token: str | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> HttpRequest:
     """One UploadClickConversions request for postbacks that share a batch_key (at most MAX_BATCH).
 
     `api_version` as the URL path has it: `v26` (api_versions.normalize_version).
     """
+    if not developer_token:
+        raise ValueError("Google Ads requests need a developer token")
     check_batch(postbacks, MAX_BATCH, batch_key)
     entry = postbacks[0]["entry"]
     headers = {
@@ -195,7 +200,7 @@ def _request_failure(response: HttpResponse, body: Any, now: datetime | None, se
     first = next((code for code in codes if code), None)
     detail = body_excerpt(response, secrets)
     status = response.status
-    retry_after = parse_retry_after(response.headers, now)
+    retry_after = parse_retry_after_header(response.headers, now)
     if status == 401:
         lasting = next((code for code in _auth_codes(errors) if code not in TOKEN_AUTH_CODES), None)
         if lasting is not None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from dispatchers.core.http import HttpRequest, HttpResponse
 from dispatchers.core.outcome import Outcome, Verdict
+from dispatchers.core.retry_policy import parse_retry_after_header
 from dispatchers.platforms.common import (
     Postback,
     body_excerpt,
@@ -43,14 +44,16 @@ from dispatchers.platforms.common import (
     join_url,
     json_body,
     parse_json,
-    parse_retry_after,
     payout_number,
     require_aware,
     same_for_all,
     status_outcome,
     user_fields,
 )
+from schemas.kinds import OAUTH_KINDS
 
+KIND = "meta"
+USES_OAUTH = KIND in OAUTH_KINDS
 MAX_BATCH = 1000
 # docs/destinations.md: Meta recommends 1.5 s; a timeout is retried and event_id makes the repeat harmless.
 DEFAULT_TIMEOUT_SECONDS = 1.5
@@ -163,9 +166,11 @@ def build_request(
     base_url: str,
     access_token: str,
     api_version: str,
+    developer_token: str | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> HttpRequest:
     """One events request for postbacks that share a batch_key (at most MAX_BATCH); `api_version`: `v26.0`."""
+    del developer_token  # none: the access token is all (kept for the one signature of every platform)
     check_batch(postbacks, MAX_BATCH, batch_key)
     entry = postbacks[0]["entry"]
     payload: dict[str, Any] = {"data": [event(postback) for postback in postbacks], "access_token": access_token}
@@ -198,7 +203,7 @@ def _request_outcome(response: HttpResponse, size: int, now: datetime | None, se
             return Outcome(Verdict.RETRY, "events_received_mismatch", detail, http_status=status)
         return status_outcome(response, secrets=secrets, now=now)
     code = error.get("code")
-    retry_after = parse_retry_after(response.headers, now)
+    retry_after = parse_retry_after_header(response.headers, now)
     if code in THROTTLING_CODES:
         pause = retry_after if retry_after is not None else THROTTLE_PAUSE_SECONDS
         return Outcome(Verdict.RETRY, "throttled", detail, http_status=status, retry_after_seconds=pause)

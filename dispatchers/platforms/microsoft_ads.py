@@ -32,6 +32,7 @@ from typing import Any
 
 from dispatchers.core.http import HttpRequest, HttpResponse
 from dispatchers.core.outcome import Outcome, Verdict
+from dispatchers.core.retry_policy import parse_retry_after_header
 from dispatchers.platforms.common import (
     Postback,
     body_excerpt,
@@ -42,14 +43,16 @@ from dispatchers.platforms.common import (
     join_url,
     json_body,
     parse_json,
-    parse_retry_after,
     payout_number,
     require_aware,
     safe_detail,
     same_for_all,
     utc_from_unix,
 )
+from schemas.kinds import OAUTH_KINDS
 
+KIND = "microsoft_ads"
+USES_OAUTH = KIND in OAUTH_KINDS
 MAX_BATCH = 1000
 # A full batch of 1000 conversions is validated synchronously; allow it time.
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -114,14 +117,16 @@ def build_request(
     *,
     base_url: str,
     access_token: str,
-    developer_token: str,
     api_version: str,
+    developer_token: str | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> HttpRequest:
     """One ApplyOfflineConversions request for postbacks that share a batch_key (at most MAX_BATCH).
 
     `api_version` as the URL path has it: `v13`.
     """
+    if not developer_token:
+        raise ValueError("Microsoft Advertising requests need a developer token")
     check_batch(postbacks, MAX_BATCH, batch_key)
     entry = postbacks[0]["entry"]
     headers = {
@@ -189,7 +194,7 @@ def _request_failure(
 ) -> Outcome:
     status = response.status
     detail = body_excerpt(response, secrets)
-    retry_after = parse_retry_after(response.headers, now)
+    retry_after = parse_retry_after_header(response.headers, now)
     codes = set().union(*(_codes(error) for error in errors)) if errors else set()
     if status == 401 or codes & TOKEN_EXPIRED_CODES:
         return Outcome(Verdict.RETRY, "auth_expired", detail, http_status=status)

@@ -28,6 +28,7 @@ from typing import Any
 
 from dispatchers.core.http import HttpRequest, HttpResponse
 from dispatchers.core.outcome import Outcome, Verdict
+from dispatchers.core.retry_policy import parse_retry_after_header
 from dispatchers.platforms.common import (
     Postback,
     body_excerpt,
@@ -37,12 +38,14 @@ from dispatchers.platforms.common import (
     join_url,
     json_body,
     parse_json,
-    parse_retry_after,
     payout_number,
     same_for_all,
     user_fields,
 )
+from schemas.kinds import OAUTH_KINDS
 
+KIND = "tiktok"
+USES_OAUTH = KIND in OAUTH_KINDS
 MAX_BATCH = 1000
 DEFAULT_TIMEOUT_SECONDS = 10.0
 RATE_LIMITED_CODE = 40100
@@ -127,9 +130,11 @@ def build_request(
     base_url: str,
     access_token: str,
     api_version: str,
+    developer_token: str | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> HttpRequest:
     """One event/track request for postbacks that share a batch_key (at most MAX_BATCH); `api_version`: `v1.3`."""
+    del developer_token  # none: the access token is all (kept for the one signature of every platform)
     check_batch(postbacks, MAX_BATCH, batch_key)
     entry = postbacks[0]["entry"]
     payload: dict[str, Any] = {
@@ -158,7 +163,7 @@ def classify_response(
 def _request_outcome(response: HttpResponse, now: datetime | None, secrets: tuple[str, ...]) -> Outcome:
     status = response.status
     detail = body_excerpt(response, secrets)
-    retry_after = parse_retry_after(response.headers, now)
+    retry_after = parse_retry_after_header(response.headers, now)
     body = parse_json(response.body)
     code = body.get("code") if isinstance(body, dict) else None
     if not isinstance(code, int) or isinstance(code, bool):

@@ -20,7 +20,7 @@ import orjson
 from schemas.errors import InvalidInput
 from streams.core.conversion import Conversion, parse_conversion
 from streams.core.fired_record import FiredRecord
-from streams.core.invalid_records import invalid_record
+from streams.core.invalid_records import invalid_record, redact_key
 from streams.core.matching import Fired, effective_status, evaluate_entries
 from streams.core.messages import evaluation_record, matched_postback
 from streams.core.offer_sources import OfferSource
@@ -138,7 +138,8 @@ class ConversionBatchProcessor:
             extra={"reason": error.reason, "error": error.message, "source": record.position()},
         )
         body = invalid_record(error, record.key, record.value, record.position(), stamp)
-        result.messages.append(OutgoingMessage(self._config.invalid_topic, record.key, orjson.dumps(body)))
+        key, _ = redact_key(record.key)
+        result.messages.append(OutgoingMessage(self._config.invalid_topic, key, orjson.dumps(body)))
 
     def _already_fired(self, result: BatchResult, conversion_id: str, partition: int, now: int) -> FiredRecord | None:
         # The batch's own updates come first: a re-delivery may sit in the same batch.

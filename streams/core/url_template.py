@@ -1,6 +1,8 @@
 """S2S postback URL templates: checked when a rule is published, rendered when a postback fires.
 
-A template is an http(s) URL with `{macro}` placeholders in its path, query or fragment. Macros
+A template is an http(s) URL with `{macro}` placeholders in its path, query or fragment, and a host
+written the one canonical way (`schemas/hosts.py`: no `127.1`, `0x7f.0.0.1`, userinfo or backslash,
+which URL parsers read differently). Macros
 are the fixed names of contract §3, `{sub1}`..`{sub20}`, and `{subs.<key>}` for any other key of the
 conversion's `subs`. Rendered values are percent-encoded (RFC 3986 unreserved characters only), so a
 value can never add a path segment, a query parameter, a header or a line break.
@@ -12,6 +14,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
+
+from schemas.hosts import host_problem
 
 FIXED_MACROS = frozenset(
     {
@@ -82,6 +86,9 @@ def compile_url_template(template: str) -> UrlTemplate:
         split.port  # noqa: B018 - raises on a malformed port
     except ValueError:
         raise TemplateError("URL has an invalid port") from None
+    problem = host_problem(split.netloc)
+    if problem is not None:
+        raise TemplateError(f"URL host is not canonical: {problem}")
     parts: list[tuple[str, str | None]] = []
     position = 0
     for match in _MACRO.finditer(template):

@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import string
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -13,8 +16,10 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from service.logs import REDACTED, JsonFormatter, Redactor, TextFormatter, configure_logging
+from service.logs import CREDENTIAL_NAMES, REDACTED, JsonFormatter, Redactor, TextFormatter, configure_logging
 from service.settings import load_settings
 from streams.core.batch import SourceRecord
 from streams.worker import MatchingWorker
@@ -494,3 +499,213 @@ def test_configure_logging_text_replaces_existing_handlers(capsys: pytest.Captur
     assert "below the level" not in err
     assert f"[WARNING] postback_router.test_logs: shown to {REDACTED}" in err
     assert not err.lstrip().startswith("{")
+
+
+# --- issue 8, defect 9: linear time, and credentials, addresses and phones in any line --------------------
+
+HOSTILE_LINE_CHARS = 1_000_000
+HOSTILE_LINES = {
+    # each a shape that made a pattern rescan the rest of the line from every position (minutes per MB)
+    "letters": "a" * HOSTILE_LINE_CHARS,
+    "dots": "." * HOSTILE_LINE_CHARS,
+    "at-signs": "@" * HOSTILE_LINE_CHARS,
+    "dotted-local-part": "a." * (HOSTILE_LINE_CHARS // 2),
+    "local-parts-without-domain": ("a" * 999 + "@") * (HOSTILE_LINE_CHARS // 1000),
+    "domain-without-tld": "a@" + "a1." * (HOSTILE_LINE_CHARS // 3),
+    "encoded-at-signs": "a%40" * (HOSTILE_LINE_CHARS // 4),
+    "digits": "7" * HOSTILE_LINE_CHARS,
+    "spaced-digits": "7 " * (HOSTILE_LINE_CHARS // 2),
+    "dotted-digits": "1." * (HOSTILE_LINE_CHARS // 2),
+    "colons": ":" * HOSTILE_LINE_CHARS,
+    "hex-and-colons": "a:" * (HOSTILE_LINE_CHARS // 2),
+    "credential-names": "api_key" * (HOSTILE_LINE_CHARS // 7),
+    "credential-name-then-spaces": '"token"' + " " * HOSTILE_LINE_CHARS,
+    "bearer-then-spaces": "Bearer" + " " * HOSTILE_LINE_CHARS,
+    "schemes-without-hosts": "a.b://" * (HOSTILE_LINE_CHARS // 6),
+    "scheme-then-userinfo-without-at": "http://" + "u" * HOSTILE_LINE_CHARS,
+}
+
+
+def best_time(function: Any, argument: str, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        function(argument)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@pytest.fixture(scope="module")
+def ordinary_seconds() -> float:
+    """The time to redact 1 MB of ordinary log text, on this machine now: what the bound is measured against."""
+    line = '{"message": "postback delivered after 1 attempt(s): http_200", "partition": 3, "offset": 1234} '
+    return best_time(Redactor([SECRET]), (line * (HOSTILE_LINE_CHARS // len(line) + 1))[:HOSTILE_LINE_CHARS], 3)
+
+
+@pytest.mark.parametrize("shape", list(HOSTILE_LINES))
+def test_redacting_a_1mb_hostile_line_takes_linear_time(shape: str, ordinary_seconds: float) -> None:
+    # The quadratic email pattern took about 30 s for 70 KB of `a` (about 100 minutes for this 1 MB).
+    # Bound: a few seconds, and no more than 10x the time of redacting 1 MB of ordinary log text.
+    elapsed = best_time(Redactor([SECRET]), HOSTILE_LINES[shape])
+    assert elapsed < 5.0, f"{shape}: {elapsed:.2f} s"
+    assert elapsed < max(10 * ordinary_seconds, 0.25), f"{shape}: {elapsed:.3f} s, ordinary {ordinary_seconds:.3f} s"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("GET /pb?api_key=AbC123&x=1", "GET /pb?api_key=[redacted]&x=1", id="api_key"),
+        pytest.param("/pb?apikey=AbC123", "/pb?apikey=[redacted]", id="apikey"),
+        pytest.param("/pb?API-KEY=AbC123", "/pb?API-KEY=[redacted]", id="api-key-upper-case"),
+        pytest.param("/pb?x-api-key=AbC123", "/pb?x-api-key=[redacted]", id="x-api-key"),
+        pytest.param("/pb?cid=1&key=AbC123", "/pb?cid=1&key=[redacted]", id="key"),
+        pytest.param("/pb?Token=AbC123", "/pb?Token=[redacted]", id="token-mixed-case"),
+        pytest.param("/pb?auth=AbC123", "/pb?auth=[redacted]", id="auth"),
+        pytest.param("/pb?sig=AbC123", "/pb?sig=[redacted]", id="sig"),
+        pytest.param("/pb?signature=AbC123", "/pb?signature=[redacted]", id="signature"),
+        pytest.param("/pb?hmac_sig=AbC123", "/pb?hmac_sig=[redacted]", id="suffix-after-underscore"),
+        pytest.param("/pb?PASSWORD=AbC123", "/pb?PASSWORD=[redacted]", id="password-upper-case"),
+        pytest.param("/pb?secret=AbC123", "/pb?secret=[redacted]", id="secret"),
+        pytest.param("/pb?access_token=AbC123", "/pb?access_token=[redacted]", id="access_token"),
+        pytest.param("/pb?pwd=AbC123&pass=XyZ789", "/pb?pwd=[redacted]&pass=[redacted]", id="pwd-and-pass"),
+        pytest.param("/pb?token%3DAbC123%26x%3D1", "/pb?token%3D[redacted]", id="encoded-equals"),
+        pytest.param(
+            "u=https%3A%2F%2Ft.example%2Fpb%3Fcid%3D1%26api_key%3DAbC123",
+            "u=https%3A%2F%2Ft.example%2Fpb%3Fcid%3D1%26api_key%3D[redacted]",
+            id="encoded-url-in-a-parameter",
+        ),
+        pytest.param("/pb?api%5Fkey%3dAbC123", "/pb?api%5Fkey%3d[redacted]", id="encoded-underscore"),
+        pytest.param('{"api_key": "AbC123", "n": 1}', '{"api_key": "[redacted]", "n": 1}', id="json-member"),
+        pytest.param("{'Token': 'AbC123'}", "{'Token': '[redacted]'}", id="python-repr"),
+        pytest.param("monkey=banana keys=3 tokens=2", "monkey=banana keys=3 tokens=2", id="not-credential-names"),
+        pytest.param("client 203.0.113.7 called", "client [redacted] called", id="ipv4"),
+        pytest.param("from 203.0.113.7:443.", "from [redacted]:443.", id="ipv4-with-port"),
+        pytest.param("client 2001:db8::1 called", "client [redacted] called", id="ipv6"),
+        pytest.param("client [2001:db8:0:0:1:0:0:1]:443", "client [[redacted]]:443", id="ipv6-full"),
+        pytest.param("client 2001:db8:: and fe80::1%eth0", "client [redacted] and [redacted]%eth0", id="ipv6-short"),
+        pytest.param("mapped ::ffff:192.0.2.1 here", "mapped ::ffff:[redacted] here", id="ipv4-mapped"),
+        pytest.param("call +44 7911 123456 now", "call [redacted] now", id="phone-international"),
+        pytest.param("call 07911 123456.", "call [redacted].", id="phone-national"),
+        pytest.param("call (555) 123-4567", "call ([redacted]", id="phone-us"),
+        pytest.param("phone=%2B4917612345678&x=1", "phone=%2B[redacted]&x=1", id="phone-encoded-plus"),
+        pytest.param("sub1=4917612345678", "sub1=[redacted]", id="phone-digits-in-a-query"),
+        pytest.param("to mail%40example.com", "to [redacted]", id="encoded-email"),
+        pytest.param("GET https://admin:p!ss@t.example/pb", "GET https://[redacted]@t.example/pb", id="userinfo"),
+    ],
+)
+def test_credentials_addresses_and_phones_are_redacted(text: str, expected: str) -> None:
+    assert Redactor()(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("2026-11-20T10:00:00.999Z", id="iso-timestamp"),
+        pytest.param("[2026-11-20 10:00:00,123] [INFO]", id="text-log-time"),
+        pytest.param("2026-11-20 10:00:00+05:30", id="date-time-offset"),
+        pytest.param("ts=1795168800 ms=1795168800123", id="unix-seconds-and-milliseconds"),
+        pytest.param("invalid record on campaign-rules at 3/12345678: not_json", id="partition-and-offset"),
+        pytest.param("serving on http://tracker.example:8080/metrics", id="port"),
+        pytest.param("listening on 0.0.0.0:8080, 127.0.0.1:9092, [::]:8080 and [::1]:8080", id="where-it-listens"),
+        pytest.param("retrying in 12.5s after 1234567ms", id="durations"),
+        pytest.param("postback 5e0c4b2a-1c1d-5b7e-9f00-000000000001", id="uuid"),
+        pytest.param("postback 12345678-1234-5678-1234-567812345678", id="uuid-of-digits"),
+        pytest.param("google_ads:1234567890 meta:123456789012345", id="destination-ids"),
+        pytest.param("conversion cv-1234567 of campaign camp_7654321", id="prefixed-ids"),
+        pytest.param("payout 1234567.89 EUR, version 1.2.3", id="decimals-and-versions"),
+        pytest.param("took 10:00:00 at 12:30", id="times-of-day"),
+        pytest.param("offset 123456 partition 12", id="short-numbers"),
+        pytest.param("12345678901234567890", id="20-digit-id"),
+        pytest.param("std::vector and Class::method", id="scope-operators"),
+    ],
+)
+def test_timestamps_positions_ports_durations_and_ids_are_kept(text: str) -> None:
+    assert Redactor()(text) == text
+
+
+def test_numbers_of_extra_fields_are_kept_and_only_text_is_scrubbed() -> None:
+    rec = logged(
+        "committed offset %d for %s",
+        12345678,
+        "+44 7911 123456",
+        extra={
+            "offset": 12345678,
+            "partition": 7,
+            "duration_ms": 1234567,
+            "occurred_at": 1795168800,
+            "conversion_id": "987654321",  # a numeric id is an id, not a phone
+            "postback_id": "5e0c4b2a-1c1d-5b7e-9f00-000000000001",
+            "note": "call 07911 123456 from 203.0.113.7",
+            "payload": {"api_key": "AbC123", "nested": {"Password": 12345}, "source_id": "7654321"},
+        },
+    )
+    for formatter in (JsonFormatter(Redactor()), TextFormatter(Redactor())):
+        assert "7911" not in formatter.format(rec) and "AbC123" not in formatter.format(rec)
+    line = json_line(JsonFormatter(Redactor()), rec)
+    assert line["message"] == "committed offset [redacted] for [redacted]"  # in the text of a message: a phone
+    assert (line["offset"], line["partition"], line["duration_ms"], line["occurred_at"]) == (
+        12345678,
+        7,
+        1234567,
+        1795168800,
+    )
+    assert line["conversion_id"] == "987654321"
+    assert line["postback_id"] == "5e0c4b2a-1c1d-5b7e-9f00-000000000001"
+    assert line["note"] == f"call {REDACTED} from {REDACTED}"
+    assert line["payload"] == {"api_key": REDACTED, "nested": {"Password": REDACTED}, "source_id": "7654321"}
+    text = TextFormatter(Redactor()).format(rec)
+    assert "offset=12345678 partition=7 duration_ms=1234567 occurred_at=1795168800 conversion_id=987654321" in text
+
+
+def test_the_text_line_keeps_its_time_and_a_7_digit_pid() -> None:
+    rec = record("phone +44 7911 123456")
+    rec.process = 4194303
+    text = TextFormatter(Redactor()).format(rec)
+    assert "] [4194303] [INFO] postback_router.test: phone [redacted]" in text
+    assert text.startswith(f"[{datetime.fromtimestamp(rec.created).strftime('%Y-%m-%d %H:%M:%S')},")
+
+
+# What the property below embeds in random text, one space on either side.
+_LOCAL = st.text(alphabet=string.ascii_letters + string.digits + "._%+-", min_size=1, max_size=64)
+_LABEL = st.from_regex(r"\A[A-Za-z0-9](?:[A-Za-z0-9-]{0,20}[A-Za-z0-9])?\Z")
+_EMAILS = st.builds(
+    lambda local, labels, tld: f"{local}@{'.'.join(labels)}.{tld}",
+    _LOCAL,
+    st.lists(_LABEL, min_size=1, max_size=4),
+    st.text(alphabet=string.ascii_letters, min_size=2, max_size=12),
+)
+# `0.0.0.0`, `127.*`, `::` and `::1` are kept (where a process listens); the only loopback and
+# unspecified IPv6 addresses are `::1` and `::`.
+_IPV4 = st.ip_addresses(v=4).filter(lambda a: not (a.is_loopback or a.is_unspecified)).map(str)
+_IPV6 = st.ip_addresses(v=6).filter(lambda a: not (a.is_loopback or a.is_unspecified)).map(str)
+_PHONES = st.builds(
+    lambda plus, groups, separator: plus + separator.join(groups),
+    st.sampled_from(["", "+", "%2B"]),
+    st.lists(st.text(alphabet=string.digits, min_size=1, max_size=5), min_size=1, max_size=5),
+    st.sampled_from(["", " ", "-"]),
+).filter(
+    lambda phone: (
+        7 <= sum(c.isdigit() for c in phone.removeprefix("%2B")) <= 15
+        # the documented exceptions: Unix times (10 or 13 digits from 1) and dates
+        and not re.fullmatch(r"1(\d{9}|\d{12})", phone)
+        and not re.match(r"\d{4}-\d\d-\d\d(?!\d)", phone)
+    )
+)
+_CREDENTIALS = st.builds(
+    lambda prefix, name, secret: f"{prefix}{name}={secret}",
+    st.sampled_from(["", "x_", "partner-", "?", "&"]),
+    st.sampled_from(sorted(CREDENTIAL_NAMES)).flatmap(lambda n: st.sampled_from([n, n.upper(), n.title()])),
+    st.text(alphabet=string.ascii_letters + string.digits + "._~-", min_size=1, max_size=40),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    before=st.text(max_size=200),
+    after=st.text(max_size=200),
+    personal=st.one_of(_EMAILS, _IPV4, _IPV6, _PHONES, _CREDENTIALS),
+)
+def test_personal_data_and_credentials_in_random_text_never_survive(before: str, after: str, personal: str) -> None:
+    redacted = Redactor()(f"{before} {personal} {after}")
+    assert f" {personal} " not in redacted  # a credential keeps its name; its value is what is gone
+    assert REDACTED in redacted

@@ -5,14 +5,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dispatchers.core.http import TransportError, TransportErrorKind
-from dispatchers.core.outcome import Verdict
+from dispatchers.core.outcome import Outcome, Verdict
 from dispatchers.core.retry_policy import (
     MAX_RETRY_AFTER_SECONDS,
+    Finalize,
+    RetryAt,
     RetryPolicy,
     classify_http_status,
     classify_transport_error,
+    decide,
     outcome_for_status,
     parse_retry_after,
+    parse_retry_after_header,
 )
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -114,6 +118,34 @@ def test_parse_retry_after(value: str, expected: float | None) -> None:
     assert parse_retry_after(value, NOW) == expected
 
 
+PLATFORM_NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("headers", "now", "expected"),
+    [
+        ({}, None, None),
+        ({"retry-after": "7"}, None, 7.0),
+        ({"retry-after": " 2.5 "}, None, 2.5),
+        ({"retry-after": "-3"}, None, 0.0),
+        ({"retry-after": "Sun, 22 Nov 2026 12:00:30 GMT"}, PLATFORM_NOW, 30.0),
+        ({"retry-after": "Sun, 22 Nov 2026 12:00:30 GMT", "date": "Sun, 22 Nov 2026 12:00:10 GMT"}, None, 20.0),
+        ({"retry-after": "Sun, 22 Nov 2026 11:00:00 GMT"}, PLATFORM_NOW, 0.0),
+        ({"retry-after": "Sun, 22 Nov 2026 12:00:30 GMT"}, None, None),
+        ({"retry-after": "soon"}, PLATFORM_NOW, None),
+        # Was None in the platforms' own uncapped parser (dispatchers/platforms/common.py): one parser now.
+        ({"retry-after": "inf"}, None, MAX_RETRY_AFTER_SECONDS),
+        ({"retry-after": "1e12"}, None, MAX_RETRY_AFTER_SECONDS),
+        ({"retry-after": "nan"}, None, None),
+        ({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}, PLATFORM_NOW, MAX_RETRY_AFTER_SECONDS),
+        ({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT", "date": "Sun, 22 Nov 2026 12:00:10 GMT"}, None, 7200.0),
+    ],
+)
+def test_parse_retry_after_header(headers: dict[str, str], now: datetime | None, expected: float | None) -> None:
+    """The header as the platform classifiers read it: an HTTP-date against `now`, else the answer's Date."""
+    assert parse_retry_after_header(headers, now) == expected
+
+
 def test_backoff_grows_exponentially_and_caps() -> None:
     policy = RetryPolicy(base_delay_seconds=1, multiplier=2, max_delay_seconds=60)
     assert [policy.backoff(a) for a in range(1, 9)] == [1, 2, 4, 8, 16, 32, 60, 60]
@@ -171,3 +203,50 @@ def test_give_up_after_max_age() -> None:
 def test_invalid_policy_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)
+
+
+# decide(): 1 s, 2 s, 4 s ... capped at 60 s, given up after an hour; `draw` 0 waits half the backoff.
+DECIDE_POLICY = RetryPolicy(base_delay_seconds=1, multiplier=2, max_delay_seconds=60, max_age_seconds=3600)
+
+
+def _outcome(verdict: Verdict, retry_after: float | None = None) -> Outcome:
+    return Outcome(verdict, "reason", "", None, retry_after)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "retry_after", "attempts", "age", "draw", "expected"),
+    [
+        # final verdicts, whatever the age
+        (Verdict.DELIVERED, None, 1, 0, 0.0, Finalize("delivered")),
+        (Verdict.DUPLICATE, None, 1, 0, 0.0, Finalize("delivered")),
+        (Verdict.REJECTED, None, 1, 0, 0.0, Finalize("rejected")),
+        (Verdict.REJECTED, None, 9, 7200, 0.0, Finalize("rejected")),
+        (Verdict.DELIVERED, None, 9, 7200, 0.0, Finalize("delivered")),
+        # retried after the backoff with equal jitter: after attempt 3 (4 s) between 2 s and 4 s
+        (Verdict.RETRY, None, 3, 10, 0.0, RetryAt(NOW + timedelta(seconds=2))),
+        (Verdict.RETRY, None, 3, 10, 0.5, RetryAt(NOW + timedelta(seconds=3))),
+        # no attempt yet (a precheck or the token endpoint held it back): as after the first
+        (Verdict.RETRY, None, 0, 0, 0.0, RetryAt(NOW + timedelta(seconds=0.5))),
+        # Retry-After is a floor, never a ceiling
+        (Verdict.RETRY, 45.0, 1, 10, 0.0, RetryAt(NOW + timedelta(seconds=45))),
+        (Verdict.RETRY, 1.0, 20, 10, 0.0, RetryAt(NOW + timedelta(seconds=30))),
+        # past the maximum age: dead-lettered, exactly at the deadline too
+        (Verdict.RETRY, None, 5, 3600, 0.0, Finalize("dead_lettered")),
+        (Verdict.RETRY, 30.0, 5, 4000, 0.0, Finalize("dead_lettered")),
+        # a backoff past the deadline becomes one last attempt at the deadline ...
+        (Verdict.RETRY, None, 20, 3590, 0.0, RetryAt(NOW + timedelta(seconds=10))),
+        # ... unless the destination asked for a longer pause: it gets that, and the next attempt is the last
+        (Verdict.RETRY, 120.0, 20, 3590, 0.0, RetryAt(NOW + timedelta(seconds=120))),
+        (Verdict.RETRY, MAX_RETRY_AFTER_SECONDS, 1, 0, 0.0, RetryAt(NOW + timedelta(seconds=MAX_RETRY_AFTER_SECONDS))),
+    ],
+)
+def test_decide(
+    verdict: Verdict,
+    retry_after: float | None,
+    attempts: int,
+    age: float,
+    draw: float,
+    expected: Finalize | RetryAt,
+) -> None:
+    first_attempt_at = NOW - timedelta(seconds=age)
+    assert decide(_outcome(verdict, retry_after), attempts, first_attempt_at, NOW, DECIDE_POLICY, draw) == expected

@@ -11,8 +11,10 @@ from devtools.fakes.s2s_sink import S2SSink
 from dispatchers.adapters.http_transport import AiohttpTransport
 from dispatchers.core.http import HttpRequest, HttpResponse
 from dispatchers.core.outcome import Outcome, Verdict
-from dispatchers.core.s2s import USER_AGENT, build_s2s_request, classify_s2s_response, deliver_s2s
+from dispatchers.core.s2s import USER_AGENT, build_s2s_request, classify_s2s_response
+from dispatchers.engine.scheduler import deliver_s2s
 from schemas.version import __version__
+from tests.schemas.host_cases import CANONICAL_URLS, NON_CANONICAL_URLS
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
 TEMPLATE = "https://pb.example.com/postback?clickid={external_id}&payout={payout}"
@@ -86,6 +88,24 @@ def test_unsendable_postbacks_are_rejected_not_raised(url: str, method: str, rea
     assert (outcome.verdict, outcome.reason) == (Verdict.REJECTED, reason)
     assert "\n" not in outcome.detail and "\r" not in outcome.detail
     assert "a=1" not in outcome.detail
+
+
+@pytest.mark.parametrize(("url", "why"), NON_CANONICAL_URLS)
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_non_canonical_host_is_rejected_at_once_not_retried(url: str, why: str, method: str) -> None:
+    # issue 8, defect 8: a rule published before its URL was refused must not fail in the client for 24 h
+    outcome = build_s2s_request(postback(url + "?cid=abc&sig=k3y", method), 1)
+    assert isinstance(outcome, Outcome)
+    assert (outcome.verdict, outcome.reason) == (Verdict.REJECTED, "invalid_url")
+    assert why in outcome.detail
+    assert "s3cr3t" not in outcome.detail and "k3y" not in outcome.detail  # no userinfo, no query
+
+
+@pytest.mark.parametrize(("url", "host"), CANONICAL_URLS)
+def test_a_canonical_host_is_sent(url: str, host: str) -> None:
+    request = build_s2s_request(postback(url + "?cid=abc"), 1)
+    assert isinstance(request, HttpRequest)
+    assert request.url == url + "?cid=abc"
 
 
 def test_missing_url_is_rejected() -> None:

@@ -32,7 +32,7 @@ from dispatchers.adapters.http_transport import AiohttpTransport
 from dispatchers.adapters.platform_credentials import PlatformCredentials
 from dispatchers.adapters.secrets import SecretStore, env_var_name
 from dispatchers.core.circuit_breaker import CircuitBreakers
-from dispatchers.core.retry_policy import RetryPolicy
+from dispatchers.core.retry_policy import MAX_RETRY_AFTER_SECONDS, RetryPolicy
 from dispatchers.engine.batch_scheduler import BatchDeliveryScheduler
 from dispatchers.engine.oauth import OAuthTokenCache
 from dispatchers.engine.rate_limiter import ConcurrencyLimits, RateLimiters
@@ -267,6 +267,31 @@ async def test_throttled_request_is_retried_after_retry_after(kind: str, make: M
     keys = [dedup_key(p) for p in batch]
     assert rows_per_request(platform.fake) == [keys, keys]  # the whole batch again, once
     assert Counter(platform.fake.delivered) == Counter(keys)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("retry_after", ["1e12", "inf", "nan", "Fri, 31 Dec 9999 23:59:59 GMT"])
+async def test_an_absurd_retry_after_neither_raises_nor_waits_longer_than_the_cap(
+    kind: str, retry_after: str, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    platform = await make.platform(kind)
+    finals = Finals()
+    scheduler = make.scheduler(platform, finals)
+    platform.fake.fail_next(1, "rate_limit", retry_after=retry_after)
+    scheduler.submit(postbacks(kind, 1)[0])
+    await scheduler.start()
+
+    def settled() -> bool:
+        # Delivered after a short pause (an unreadable value), or back in its queue after the throttled
+        # attempt: a due time that overflowed would have killed the worker with the row still "in flight".
+        requeued = [p for p in scheduler.pending() if p.first_attempt_at and p.next_attempt_at > p.first_attempt_at]
+        return bool(finals.items or requeued)
+
+    await until(settled, "the throttled row to be delivered or requeued")
+    cap = datetime.now(UTC) + timedelta(seconds=MAX_RETRY_AFTER_SECONDS)
+    assert all(item.attempts == 1 and item.next_attempt_at <= cap for item in scheduler.pending())
+    assert [(f.result, f.attempts) for f in finals.items] in ([], [("delivered", 2)])
+    assert "crashed" not in caplog.text
 
 
 # --- per-row verdicts -------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -12,33 +12,11 @@ from dispatchers.platforms.common import (
     bounded_code,
     check_batch,
     group_batches,
-    parse_retry_after,
     payout_number,
     require_aware,
     safe_detail,
     status_outcome,
 )
-
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("headers", "now", "expected"),
-    [
-        ({}, None, None),
-        ({"retry-after": "7"}, None, 7.0),
-        ({"retry-after": " 2.5 "}, None, 2.5),
-        ({"retry-after": "-3"}, None, 0.0),
-        ({"retry-after": "Sun, 22 Nov 2026 12:00:30 GMT"}, NOW, 30.0),
-        ({"retry-after": "Sun, 22 Nov 2026 12:00:30 GMT", "date": "Sun, 22 Nov 2026 12:00:10 GMT"}, None, 20.0),
-        ({"retry-after": "Sun, 22 Nov 2026 11:00:00 GMT"}, NOW, 0.0),
-        ({"retry-after": "Sun, 22 Nov 2026 12:00:30 GMT"}, None, None),
-        ({"retry-after": "soon"}, NOW, None),
-        ({"retry-after": "inf"}, None, None),
-    ],
-)
-def test_parse_retry_after(headers: dict[str, str], now: datetime | None, expected: float | None) -> None:
-    assert parse_retry_after(headers, now) == expected
 
 
 @pytest.mark.parametrize(("text", "expected"), [("12.5", 12.5), ("0", 0.0), ("0.1", 0.1), ("100", 100.0)])

@@ -204,3 +204,134 @@ def test_processor_writes_invalid_conversions_with_their_position_and_no_raw_pii
     assert result.invalid == {"invalid_value": 1, "not_utf8": 1, "not_object": 1, "not_json": 1, "wrong_type": 1}
     assert bodies[0]["redacted_fields"] == ["user.email", "user.phone"]
     assert bodies[4]["redacted_fields"] == ["user"]
+
+
+# --- bounded records and personal data in every form (issue 8: defects 1 and 7) -----------------------
+
+# What the worker's producer can always write: far below Kafka's default 1 MiB message limit.
+RECORD_LIMIT = 256 * 1024
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(b"\x01" * 200_000, id="control-bytes-escape-to-six"),
+        pytest.param(b"\xff" * 200_000, id="not-utf8-as-base64"),
+        pytest.param(orjson.dumps({"conversion_id": "cv-1", "subs": {"s": "x" * 1_200_000}}), id="huge-json"),
+        pytest.param(b'{"user": {"email": "' + b"a" * 900_000 + b'@example.com"}}', id="huge-with-pii"),
+    ],
+)
+def test_a_record_too_large_to_keep_is_shrunk_to_a_bounded_useful_one(value: bytes) -> None:
+    error = InvalidInput("oversized", "the record is larger than MAX_CONVERSION_BYTES")
+    body = record(value, error=error)
+    assert len(orjson.dumps(body)) < RECORD_LIMIT
+    assert body["value_truncated"] is True
+    assert body["value_bytes"] == len(value)
+    assert body["value_sha256"] == hashlib.sha256(value).hexdigest()
+    assert body["error"]["reason"] == "oversized"
+    assert body["source"] == SOURCE
+    assert body["value"]  # a prefix, to recognise it by
+    assert b"@example.com" not in orjson.dumps(body)
+
+
+def test_a_value_within_the_limit_is_kept_whole() -> None:
+    value = orjson.dumps({"conversion_id": "cv-1", "subs": {"s": "x" * 60_000}})
+    body = record(value)
+    assert body["value"] == value.decode()
+    assert "value_truncated" not in body
+
+
+@pytest.mark.parametrize(
+    ("value", "secret_parts", "redacted"),
+    [
+        pytest.param(b"call +44 7911 123456 from 203.0.113.9", [b"7911", b"203.0.113"], ["text:ip", "text:phone"]),
+        pytest.param(b"clickid=1&ip=2001:db8:85a3::8a2e:370:7334", [b"2001:db8"], ["text:ip"]),
+        pytest.param(b"phone (415) 555-2671 end", [b"555-2671"], ["text:phone"]),
+        pytest.param(b'["x", "bob@example.com", "10.1.2.3"]', [b"bob@", b"10.1.2.3"], ["text:email", "text:ip"]),
+    ],
+)
+def test_phones_and_ips_in_text_are_masked(value: bytes, secret_parts: list[bytes], redacted: list[str]) -> None:
+    body = record(value)
+    assert sorted(body["redacted_fields"]) == sorted(redacted)
+    for part in secret_parts:
+        assert part not in orjson.dumps(body)
+
+
+def test_personal_data_inside_a_value_that_is_not_utf8_is_masked_and_the_other_bytes_kept() -> None:
+    value = b"\xff\xfe user=bob@example.com phone=+1 415 555 2671 ip=198.51.100.7 \x80"
+    body = record(value, error=InvalidInput("not_utf8", "record value is not UTF-8"))
+    assert body["value_encoding"] == "base64"
+    kept = base64.b64decode(body["value"])
+    assert kept.startswith(b"\xff\xfe user=") and kept.endswith(b" \x80")
+    for part in (b"bob@example.com", b"555 2671", b"198.51.100.7"):
+        assert part not in kept
+    assert sorted(body["redacted_fields"]) == ["text:email", "text:ip", "text:phone"]
+
+
+def test_unknown_user_fields_are_hashed_too() -> None:
+    original = f.conversion(
+        "cv-1", status="paid", user={"name": "Bob Smith", "address": {"city": "X"}, "user_agent": "UA"}
+    )
+    body = record(orjson.dumps(original))
+    kept = orjson.loads(body["value"])
+    assert kept["user"] == {"name": "sha256:" + sha("Bob Smith"), "address": "[redacted]", "user_agent": "UA"}
+    assert body["redacted_fields"] == ["user.name", "user.address"]
+
+
+def test_emails_and_ips_elsewhere_in_a_json_object_are_masked() -> None:
+    original = f.conversion("cv-1", status="paid", subs={"sub1": "bob@example.com", "sub2": "from 203.0.113.9"})
+    body = record(orjson.dumps(original))
+    kept = orjson.loads(body["value"])
+    assert kept["subs"] == {"sub1": "[email redacted]", "sub2": "from [ip redacted]"}
+    assert body["redacted_fields"] == ["text:email", "text:ip"]
+    assert kept["occurred_at"] == original["occurred_at"]  # a time of day is not an IPv6 address
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(b"bob@example.com", id="email"),
+        pytest.param(b"+14155552671", id="phone"),
+        pytest.param(b"203.0.113.9", id="ip"),
+        pytest.param(b"k" * 5000, id="longer-than-any-id"),
+    ],
+)
+def test_a_key_holding_personal_data_is_kept_as_its_hash_in_the_record_and_as_the_kafka_key(key: bytes) -> None:
+    body = record(b"{}", key=key)
+    expected = "sha256:" + hashlib.sha256(key).hexdigest()
+    assert (body["key"], body["key_encoding"], body["redacted_fields"]) == (expected, "text", ["key"])
+    result = f.processor(f.compiled("camp-1", f.s2s_entry())).process([f.source_record(b"{nope", key=key)])
+    [message] = result.messages
+    assert message.key == expected.encode()
+    assert key not in message.value
+
+
+def test_masking_hostile_text_takes_linear_time() -> None:
+    """A megabyte built to make a backtracking pattern quadratic is masked about as fast as it is scanned."""
+    import time
+
+    hostile = [
+        "a" * 1_000_000,
+        "a." * 500_000,
+        "@" * 1_000_000,
+        "a@" * 500_000,
+        "1." * 500_000,
+        "1:" * 500_000,
+        "1 " * 500_000,
+        ("x" * 60 + "@") * 16_000,
+    ]
+    for text in hostile:
+        started = time.perf_counter()
+        text.replace("@", "@").lower()  # a baseline in the same run: two linear passes over the text
+        baseline = time.perf_counter() - started
+        started = time.perf_counter()
+        invalid_records_mask(text)
+        took = time.perf_counter() - started
+        # Linear regexes over 1 MB take tens of milliseconds; a quadratic one, minutes.
+        assert took < max(2.0, 2000 * baseline), (text[:12], took, baseline)
+
+
+def invalid_records_mask(text: str) -> str:
+    from streams.core.invalid_records import mask_text
+
+    return mask_text(text)[0]

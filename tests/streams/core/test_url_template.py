@@ -20,6 +20,7 @@ from streams.core.url_template import (
     render_postback_url,
 )
 from tests import factories as f
+from tests.schemas.host_cases import CANONICAL_URLS, NON_CANONICAL_URLS
 
 
 def parsed(**fields: Any) -> Conversion:
@@ -287,6 +288,24 @@ def test_good_template_compiles(template: str, host: str, macros: set[str]) -> N
     assert compiled.host == host
     assert compiled.macros == macros
     assert validate_campaign_rules(f.campaign("camp-1", f.s2s_entry("e", url=template))) == []
+
+
+@pytest.mark.parametrize(("url", "why"), NON_CANONICAL_URLS)
+def test_a_non_canonical_host_is_refused_when_the_rule_is_published(url: str, why: str) -> None:
+    # issue 8, defect 8: these were accepted, then failed in the HTTP client at every attempt for 24 h
+    document = f.campaign("camp-1", f.s2s_entry("ok"), f.s2s_entry("bad", url=url + "?cid={clickid}"))
+    errors = validate_campaign_rules(document)
+    assert [e.field for e in errors] == ["postbacks.1.url"]
+    assert why in errors[0].message
+    with pytest.raises(InvalidInput) as caught:
+        parse_campaign_rules(b"camp-1", orjson.dumps(document))
+    assert (caught.value.reason, caught.value.field) == ("invalid_rule", "postbacks.1.url")
+
+
+@pytest.mark.parametrize(("url", "host"), CANONICAL_URLS)
+def test_a_canonical_host_is_accepted(url: str, host: str) -> None:
+    assert validate_campaign_rules(f.campaign("camp-1", f.s2s_entry("e", url=url + "?cid={clickid}"))) == []
+    assert compile_url_template(url).host == host
 
 
 @pytest.mark.parametrize(
