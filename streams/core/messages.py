@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas.redaction import scrub
 from streams.core.conversion import Conversion
 from streams.core.decimals import format_decimal
 from streams.core.matching import Decision, Fired, Skipped, StatusSource
@@ -120,7 +121,8 @@ def evaluation_record(
         }
         url = fired_messages[decision.postback_id].get("url")
         if url is not None:
-            record["url"] = url
+            # An audit copy: the source's credential (`token=`, `key=`) stays on the postback topic only.
+            record["url"] = scrub(url, phones=False)
         fired.append(record)
     outcome = "no_rules" if decisions is None else "fired" if fired else "nothing_fired"
     return {
