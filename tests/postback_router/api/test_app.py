@@ -740,3 +740,30 @@ async def test_metrics_label_routes_by_template(client: TestClient) -> None:
     assert 'route="(unmatched)"' in text
     assert "some-campaign" not in text and "/no/such/path" not in text
     assert 'postback_api_request_duration_seconds_count{route="/v1/campaigns/{campaign_id}/rules"} 1.0' in text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"[" * 2000 + b"]" * 2000, id="nested-arrays"),
+        pytest.param(b'{"a":' * 800 + b"1" + b"}" * 800, id="nested-objects"),
+        pytest.param(b'{"postbacks": [], "x": 1e999999}', id="infinite-number"),
+        pytest.param(b'{"postbacks": "\\ud800"}', id="lone-surrogate"),
+    ],
+)
+async def test_hostile_json_on_every_body_is_a_json_400(
+    client: TestClient, backend: MemoryBackend, body: bytes
+) -> None:
+    """Issue 8, security tests: deeply nested or malformed JSON is refused, never a 500 or a hang."""
+    for method, path, headers in (
+        ("PUT", "/v1/campaigns/c/rules", AUTH),
+        ("PUT", "/v1/offer-sources/o", AUTH),
+        ("PATCH", "/v1/conversions/cv", AUTH),
+        ("POST", "/v1/postback", {}),
+    ):
+        response = await client.request(
+            method, path, data=body, headers={**headers, "Content-Type": "application/json"}
+        )
+        assert 400 <= response.status < 500, (method, path, response.status)
+        assert response.content_type == "application/json"
+    assert backend.written == []
