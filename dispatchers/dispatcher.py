@@ -7,15 +7,17 @@ acknowledged. S2S postbacks go through DeliveryScheduler (one request each), ad-
 through BatchDeliveryScheduler (batched per account or pixel). Per consumed batch: a postback_id
 that already has a delivery state is skipped (dedupe across restarts); the others get a `pending`
 state, written to the state changelog and acknowledged before the input offsets are committed, and
-go to the scheduler. When a postback ends, its record goes to `postbacks.results` (and
-`postbacks.dead-letter` unless delivered), then its state becomes `final`. The records are built in
-dispatchers/core/delivery_records.py.
+go to the scheduler. When a postback ends, its state becomes `decided` (acknowledged) before its
+record goes to `postbacks.results` (and `postbacks.dead-letter` unless delivered), then `final`
+(dispatchers/adapters/outcome_reports.py, which on assignment also finishes what a previous owner
+left `decided`). The records are built in dispatchers/core/delivery_records.py. A postback whose
+`pending` state is too large for the changelog is rejected at once (`postback_too_large`).
 
 On a rebalance or a stop the scheduler is drained: attempts in flight finish (or are cut after
 DRAIN_SECONDS) and what is still pending is written back with its attempts; whoever owns the
 partition next resumes it from the changelog. A crash repeats at most the attempts that were in
-flight: for S2S, which has no dedup key, that is the one window where a destination can see a
-postback twice.
+flight (an answer received counts as in flight until its `decided` state is acknowledged): for S2S,
+which has no dedup key, that is the one window where a destination can see a postback twice.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import orjson
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
+from dispatchers.adapters.destination_limits import circuit_breakers, concurrency_limits, rate_limiters
 from dispatchers.adapters.http_transport import AiohttpTransport
 from dispatchers.adapters.metrics import (
     ApiVersionSunsetGauge,
@@ -41,31 +44,30 @@ from dispatchers.adapters.metrics import (
     MeteredTransport,
     bounded_reason,
 )
+from dispatchers.adapters.outcome_reports import OutcomeReports
 from dispatchers.adapters.platform_credentials import PlatformCredentials
 from dispatchers.adapters.secrets import SecretStore
-from dispatchers.core.circuit_breaker import BreakerState, CircuitBreakers
+from dispatchers.core.circuit_breaker import BreakerState
 from dispatchers.core.delivery_records import (
-    dead_letter_record,
     decode_postback,
     pending_state,
-    result_record,
     undecodable_record,
+    unkeepable_outcome,
     utc_iso,
 )
-from dispatchers.core.delivery_state import DeliveryState, decode_delivery_state, encode_delivery_state
+from dispatchers.core.delivery_state import DeliveryState, decode_delivery_state
 from dispatchers.core.retry_policy import RetryPolicy
 from dispatchers.engine.batch_scheduler import BatchDeliveryScheduler
 from dispatchers.engine.oauth import OAuthTokenCache
-from dispatchers.engine.rate_limiter import ConcurrencyLimits, RateLimit, RateLimiters
 from dispatchers.engine.scheduler import DeliveryScheduler
 from dispatchers.engine.scheduler_core import FinalOutcome, PendingPostback
 from dispatchers.platforms.api_versions import sunset_notice
-from service.changelog_store import ChangelogStore
+from service.changelog_store import ChangelogStore, StateStoreMetrics
 from service.consumer_health import ConsumerLag, KafkaHealth
 from service.diagnostics import dump_tasks
 from service.group_member import Batch, GroupMember
 from service.kafka_io import Outgoing
-from service.ops_http import Readiness, new_registry, ops_server
+from service.ops_http import DEFAULT_STALL_TIMEOUT_SECONDS, Liveness, Readiness, new_registry, ops_server
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class PostbackScheduler(Protocol):
 class Dispatcher:
     def __init__(self, settings: Settings, kind: str, process: ProcessHealth | None = None) -> None:
         self.kind = kind
-        self.process = process or ProcessHealth(new_registry("dispatcher"), [kind])
+        self.process = process or ProcessHealth(new_registry("dispatcher"), [kind], settings.stall_timeout_seconds)
         self.metrics = self.process.metrics
         self.settings = settings
         self.topic = settings.topics.postbacks[self.kind]
@@ -105,14 +107,14 @@ class Dispatcher:
             settings.delivery_state_changelog(self.kind),
             "memory" if settings.state_store == "memory://" else "rocksdb",
             Path(settings.state_dir) / self.group_id,
+            metrics=self.process.state_metrics,
         )
         self._transport = AiohttpTransport(allow_private_targets=settings.allow_private_targets)
         self._metered = MeteredTransport(self._transport, self.metrics, kind)
         # Shared by the schedulers of successive assignments, so that a rebalance does not reset
-        # an open breaker and hammer a failing endpoint again.
-        self._breakers = CircuitBreakers()
-        rate = settings.destination_rate_limit
-        self._rate_limits = RateLimiters(RateLimit(rate.rate_per_second, rate.burst) if rate else None)
+        # an open breaker and hammer a failing endpoint again. BREAKER_*, DESTINATION_* settings.
+        self._breakers = circuit_breakers(settings)
+        self._rate_limits = rate_limiters(settings)
         self._policy = RetryPolicy(
             base_delay_seconds=settings.retry_base_delay_seconds,
             max_delay_seconds=settings.retry_max_delay_seconds,
@@ -134,7 +136,16 @@ class Dispatcher:
             restore_check=f"state:{kind}",
             kafka_health=self.process.kafka_health,
             lag=self.process.lag,
-            max_records=MAX_BATCH_RECORDS,
+            # A batch never holds more than the back-pressure bound: at most one batch is taken past it.
+            max_records=min(MAX_BATCH_RECORDS, settings.dispatch_max_pending),
+            liveness=self.process.liveness,
+            fetch_paused=self._fetch_paused,
+        )
+        self._reports = OutcomeReports(
+            self.member,
+            self.store,
+            {"results": settings.topics.results, "dead_letter": settings.topics.dead_letter},
+            settings.bootstrap_servers,
         )
 
     def _new_scheduler(self) -> PostbackScheduler:
@@ -142,9 +153,10 @@ class Dispatcher:
             "policy": self._policy,
             "breakers": self._breakers,
             "rate_limits": self._rate_limits,
-            "concurrency": ConcurrencyLimits(self.settings.destination_concurrency),
+            "concurrency": concurrency_limits(self.settings),
             "timeout_seconds": self.settings.delivery_timeout_seconds,
             "on_final": self._on_final,
+            "on_task_failure": self._task_failed,
         }
         if self.kind == "s2s":
             return DeliveryScheduler(self._metered, **common)
@@ -165,6 +177,37 @@ class Dispatcher:
 
     def breaker_states(self) -> list[tuple[str, BreakerState]]:
         return list(self._breakers.states().items())
+
+    @property
+    def paused(self) -> bool:
+        """Not fetching postbacks: back-pressure (`_fetch_paused`)."""
+        return self.member.paused
+
+    def _fetch_paused(self) -> bool:
+        """Asked by the member before each fetch: stop fetching once DISPATCH_MAX_PENDING postbacks taken
+        are not final, fetch again once they are down to DISPATCH_RESUME_PENDING. What is not fetched
+        waits in Kafka, not in memory, whatever the backlog of a destination that is down."""
+        pending = self.pending_count()
+        settings = self.settings
+        if self.member.paused:
+            paused = pending > settings.dispatch_resume_pending
+        else:
+            paused = pending >= settings.dispatch_max_pending
+        if paused != self.member.paused:
+            log.log(
+                logging.WARNING if paused else logging.INFO,
+                "%s fetching %s: %d postbacks not final (DISPATCH_MAX_PENDING=%d, DISPATCH_RESUME_PENDING=%d)",
+                "paused" if paused else "resumed",
+                self.topic,
+                pending,
+                settings.dispatch_max_pending,
+                settings.dispatch_resume_pending,
+                extra={"kind": self.kind},
+            )
+        return paused
+
+    def _task_failed(self, task: str) -> None:
+        self.metrics.task_failures.labels(self.kind, task).inc()
 
     async def run(self) -> None:
         try:
@@ -202,18 +245,27 @@ class Dispatcher:
             (partition, postback["postback_id"].encode(), DeliveryState("pending", now, 0, received, None, postback))
             for partition, postback in accepted
         ]
-        await self._write_states(states)
+        unkept = {key for _, key, _ in await self._write_states(states)}
         for _, postback in accepted:
-            self._scheduler.submit(postback, first_attempt_at=datetime.now(UTC))
+            if postback["postback_id"].encode() in unkept:
+                await self._reject_unkeepable(postback)  # not sent: its retries could not be resumed
+            else:
+                self._scheduler.submit(postback, first_attempt_at=datetime.now(UTC))
+
+    async def _reject_unkeepable(self, postback: dict[str, Any]) -> None:
+        now = datetime.now(UTC)
+        outcome = unkeepable_outcome("the broker refused it as too large")
+        await self._on_final(FinalOutcome(postback, "rejected", 0, outcome, 0.0, now, now))
 
     async def _on_final(self, final: FinalOutcome) -> None:
         pid = final.postback["postback_id"]
-        partition = self._partition_of.pop(pid, None)
-        topics = self.settings.topics
-        records: list[Outgoing] = [(topics.results, pid.encode(), orjson.dumps(result_record(final)), None)]
-        if final.result != "delivered":
-            records.append((topics.dead_letter, pid.encode(), orjson.dumps(dead_letter_record(final)), None))
-        await self.member.send(records, "writing a delivery result")
+        partition = self._partition_of.get(pid)
+        if partition is None:  # never: a postback is reported before its partition is written back and released
+            log.error("postback %s ended on no partition of this dispatcher's: not reported here", pid)
+            return
+        # decided (acknowledged) -> results and dead-letter -> final; see dispatchers/adapters/outcome_reports.py
+        await self._reports.report(partition, final)
+        self._partition_of.pop(pid, None)
         self._count_final(final)
         postback = final.postback
         log.info(
@@ -228,9 +280,14 @@ class Dispatcher:
                 "destination_id": postback.get("destination_id"),
             },
         )
-        if partition is not None:
-            state = DeliveryState("final", int(time.time()), final.attempts, None, final.result, None)
-            await self._write_states([(partition, pid.encode(), state)])
+
+    def _count_reported(self, state: DeliveryState) -> None:
+        """A postback whose results record was written after a restart (its outcome decided before it)."""
+        result = state.result or "rejected"
+        self.metrics.deliveries.labels(self.kind, result).inc()
+        if result != "delivered":
+            dead = next((e.value for e in state.emit if e.role == "dead_letter"), {})
+            self.metrics.dead_letters.labels(self.kind, bounded_reason(str(dead.get("reason", "unknown")))).inc()
 
     def _count_final(self, final: FinalOutcome) -> None:
         metrics = self.metrics
@@ -251,11 +308,16 @@ class Dispatcher:
             partition = self._partition_of.pop(pid, None)
             if partition is not None:
                 states.append((partition, pid.encode(), pending_state(item, now)))
+        # What is left was reported, or its report cut by a stop: its state (decided, or still pending) is
+        # in the changelog, and whoever is assigned its partition next takes it from there.
+        self._partition_of.clear()
         await self._write_states(states)
 
-    async def _write_states(self, states: list[tuple[int, bytes, DeliveryState]]) -> None:
-        changes = [(partition, key, encode_delivery_state(state)) for partition, key, state in states]
-        await self.member.write_changelog(self.store, changes, "writing delivery state")
+    async def _write_states(
+        self, states: list[tuple[int, bytes, DeliveryState]]
+    ) -> list[tuple[int, bytes, DeliveryState]]:
+        """Write delivery states (acknowledged); returns those Kafka could never take (see OutcomeReports)."""
+        return await self._reports.write_states(states)
 
     async def _produce_undecodable(self, rejected: list[tuple[bytes | None, dict[str, Any]]]) -> None:
         # Not a postback (no trustworthy postback_id): kept in dead-letter with its bytes, no result record.
@@ -270,6 +332,7 @@ class Dispatcher:
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         resumed = 0
+        decided: list[tuple[int, bytes, DeliveryState]] = []
         for partition, key, raw in self.store.items():
             state = decode_delivery_state(raw)
             if state.status == "pending" and state.postback is not None:
@@ -277,6 +340,10 @@ class Dispatcher:
                 first = datetime.fromisoformat(state.first_attempt_at) if state.first_attempt_at else None
                 self._scheduler.submit(state.postback, attempts=state.attempts, first_attempt_at=first)
                 resumed += 1
+            elif state.status == "decided":
+                decided.append((partition, key, state))  # answered: never sent again, only reported
+        for state in await self._reports.finish_decided(decided):
+            self._count_reported(state)
         await self._scheduler.start()
         log.info(
             "assigned %s partitions %s; resumed %d pending postbacks",
@@ -290,15 +357,23 @@ class Dispatcher:
 
 
 class ProcessHealth:
-    """What the dispatchers of one process share: registry, metrics, readiness, lag and Kafka health."""
+    """What the dispatchers of one process share: registry, metrics, readiness, liveness (one batch loop per
+    kind), lag and Kafka health."""
 
-    def __init__(self, registry: CollectorRegistry, kinds: list[str]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        kinds: list[str],
+        stall_timeout_seconds: float = DEFAULT_STALL_TIMEOUT_SECONDS,
+    ) -> None:
         self.registry = registry
         self.metrics = DispatcherMetrics(registry)
         checks = ["kafka"] + [f"{prefix}:{kind}" for kind in kinds for prefix in ("consumer", "state")]
         self.readiness = Readiness(registry, checks)  # each kind's GroupMember sets its consumer and state checks
         self.kafka_health = KafkaHealth(registry, self.readiness)
         self.lag = ConsumerLag(registry)
+        self.liveness = Liveness(stall_timeout_seconds)
+        self.state_metrics = StateStoreMetrics(registry)
 
 
 def utc_today() -> date:
@@ -324,7 +399,7 @@ def check_api_versions(
 async def run_dispatcher(settings: Settings, kind: str, *, today: Callable[[], date] = utc_today) -> None:
     """Run the dispatcher of one kind, or of every kind (`all`) side by side, until SIGTERM/SIGINT."""
     kinds = list(settings.topics.postbacks) if kind == "all" else [kind]
-    process = ProcessHealth(new_registry("dispatcher"), kinds)
+    process = ProcessHealth(new_registry("dispatcher"), kinds, settings.stall_timeout_seconds)
     versions = settings.platform_api_versions
     check_api_versions({k: versions[k] for k in kinds if k in versions}, process.registry, today)
     dispatchers = [Dispatcher(settings, k, process) for k in kinds]
@@ -332,6 +407,7 @@ async def run_dispatcher(settings: Settings, kind: str, *, today: Callable[[], d
         DispatcherGauges(
             pending=lambda: [(d.kind, d.pending_count()) for d in dispatchers],
             breakers=lambda: [item for d in dispatchers for item in d.breaker_states()],
+            paused=lambda: [(d.kind, d.paused) for d in dispatchers],
         )
     )
     loop = asyncio.get_running_loop()
@@ -343,7 +419,7 @@ async def run_dispatcher(settings: Settings, kind: str, *, today: Callable[[], d
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_all)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-    server = ops_server(settings.http_host, settings.http_port, process.registry, process.readiness)
+    server = ops_server(settings.http_host, settings.http_port, process.registry, process.readiness, process.liveness)
     await server.start()
     try:
         await asyncio.gather(*(dispatcher.run() for dispatcher in dispatchers))

@@ -2,7 +2,9 @@
 
 `postback_consumer_lag{topic,partition}` is the partition's high watermark (from the last fetch
 response) minus the consumer's position, for the partitions this process owns now; a partition it
-no longer owns is removed, so a sum over processes counts each partition once.
+no longer owns is removed, so a sum over processes counts each partition once. One ConsumerLag may
+serve several consumers (`dispatch --kind all`: one per kind): each refresh removes only the series
+of partitions its own consumer showed before and no longer owns.
 """
 
 from __future__ import annotations
@@ -39,9 +41,11 @@ class ConsumerLag:
             ["topic", "partition"],
             registry=registry,
         )
-        self._shown: set[TopicPartition] = set()
+        # per consumer (by identity): the partitions whose series it has set
+        self._shown_by: dict[int, set[TopicPartition]] = {}
 
     async def refresh(self, consumer: AIOKafkaConsumer) -> None:
+        shown = self._shown_by.setdefault(id(consumer), set())
         assigned = set(consumer.assignment())
         for tp in assigned:
             try:
@@ -52,11 +56,11 @@ class ConsumerLag:
             except (IllegalStateError, AssertionError, TimeoutError):
                 continue  # revoked meanwhile, or its position is being reset
             self._gauge.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
-            self._shown.add(tp)
-        for tp in self._shown - assigned:
+            shown.add(tp)
+        for tp in shown - assigned:
             with contextlib.suppress(KeyError):
                 self._gauge.remove(tp.topic, str(tp.partition))
-        self._shown &= assigned
+        shown &= assigned
 
     async def run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
@@ -68,7 +72,8 @@ class ConsumerLag:
 
 
 class KafkaHealth:
-    """The `on_result` of kafka_io.until_done: counts retried operations and sets the `kafka` readiness check."""
+    """The `on_result` of kafka_io.until_done: counts retried operations and sets the `kafka` readiness check;
+    and the count of records Kafka refused for good (`unwritable`)."""
 
     def __init__(self, registry: CollectorRegistry, readiness: Readiness) -> None:
         self._readiness = readiness
@@ -78,11 +83,22 @@ class KafkaHealth:
             ["operation"],
             registry=registry,
         )
+        self._unwritable = Counter(
+            "postback_kafka_unwritable_records_total",
+            "Records Kafka refused for good (too large, a format it refuses), by topic: replaced by a bounded "
+            "record, or given up; never retried.",
+            ["topic"],
+            registry=registry,
+        )
 
     def __call__(self, operation: str, ok: bool) -> None:
         if not ok:
             self._retries.labels(operation).inc()
         self._readiness.set("kafka", ok)
+
+    def unwritable(self, topic: str) -> None:
+        """A record for `topic` that Kafka can never take (kafka_io.UNWRITABLE_ERRORS)."""
+        self._unwritable.labels(topic).inc()
 
     async def probe_forever(self, client: Any) -> None:
         """Ask `client` (an AIOKafkaClient) for the cluster's metadata every PROBE_INTERVAL_SECONDS."""

@@ -1,9 +1,11 @@
 """The operations endpoints every process serves: `/metrics`, `/healthz` and `/readyz`.
 
-`/healthz` answers while the event loop runs (an orchestrator restarts the process when it does
-not); `/readyz` answers 200 only when every readiness check of the process holds (connected to
-Kafka, state recovered), 503 with the failing checks otherwise. One registry per process holds
-the service's metrics and the process/runtime collectors.
+`/healthz` answers 200 while the event loop runs and no batch loop is stalled, 503 naming the
+stalled loops otherwise (an orchestrator restarts the process then): a loop is stalled when it has
+had work (a fetched batch) for longer than STALL_TIMEOUT without completing it (`Liveness`).
+`/readyz` answers 200 only when every readiness check of the process holds (connected to Kafka,
+state recovered), 503 with the failing checks otherwise, and why when the check said so. One
+registry per process holds the service's metrics and the process/runtime collectors.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from aiohttp import web
 from prometheus_client import (
@@ -37,17 +40,23 @@ class Readiness:
 
     def __init__(self, registry: CollectorRegistry, names: Iterable[str]) -> None:
         self._checks: dict[str, bool] = dict.fromkeys(names, False)
+        self._reasons: dict[str, str] = {}
         self._gauge = Gauge(
             "postback_ready", "1 when the process is ready (the same answer as /readyz), else 0.", registry=registry
         )
         self._gauge.set_function(lambda: 1.0 if self.ready else 0.0)
 
-    def set(self, name: str, ok: bool) -> None:
+    def set(self, name: str, ok: bool, reason: str | None = None) -> None:
+        """`reason`: why a failing check fails, shown by /readyz until the check is set again."""
         if name not in self._checks:
             raise KeyError(f"unknown readiness check {name!r}")
         if self._checks[name] != ok:
             log.info("readiness check %s is now %s", name, "ok" if ok else "failing")
         self._checks[name] = ok
+        if reason is not None and not ok:
+            self._reasons[name] = reason
+        else:
+            self._reasons.pop(name, None)
 
     @property
     def ready(self) -> bool:
@@ -55,6 +64,54 @@ class Readiness:
 
     def checks(self) -> dict[str, bool]:
         return dict(self._checks)
+
+    def reasons(self) -> dict[str, str]:
+        """Why each failing check that gave a reason fails."""
+        return dict(self._reasons)
+
+
+# How long a batch loop may have work without completing it before /healthz fails (STALL_TIMEOUT).
+DEFAULT_STALL_TIMEOUT_SECONDS = 300.0
+
+
+class Liveness:
+    """The batch loops of a process, for /healthz: each is busy from the moment it has work (a fetched
+    batch) until it completes it; one busy for longer than `stall_timeout_seconds` is stalled."""
+
+    def __init__(
+        self, stall_timeout_seconds: float = DEFAULT_STALL_TIMEOUT_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.stall_timeout_seconds = stall_timeout_seconds
+        self._clock = clock
+        self._busy_since: dict[str, float] = {}
+        self._reported: set[str] = set()
+
+    def busy(self, loop: str) -> None:
+        """`loop` has work; its clock starts unless it was already busy."""
+        self._busy_since.setdefault(loop, self._clock())
+
+    def done(self, loop: str) -> None:
+        """`loop` completed its work: idle until it has more."""
+        self._busy_since.pop(loop, None)
+        if loop in self._reported:
+            self._reported.discard(loop)
+            log.info("%s completed a batch again: no longer stalled", loop)
+
+    def stalled(self) -> dict[str, float]:
+        """Loop -> seconds it has been busy, for the loops busy longer than the stall timeout."""
+        now = self._clock()
+        stalled = {
+            loop: now - since for loop, since in self._busy_since.items() if now - since > self.stall_timeout_seconds
+        }
+        for loop in stalled.keys() - self._reported:
+            log.error(
+                "%s has had work for %.0fs without completing a batch (STALL_TIMEOUT=%.0fs): /healthz fails",
+                loop,
+                stalled[loop],
+                self.stall_timeout_seconds,
+            )
+        self._reported |= stalled.keys()
+        return stalled
 
 
 def new_registry(process: str) -> CollectorRegistry:
@@ -69,18 +126,36 @@ def new_registry(process: str) -> CollectorRegistry:
     return registry
 
 
-def add_ops_routes(app: web.Application, registry: CollectorRegistry, readiness: Readiness) -> None:
+def add_ops_routes(
+    app: web.Application, registry: CollectorRegistry, readiness: Readiness, liveness: Liveness | None = None
+) -> None:
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
+        stalled = liveness.stalled() if liveness is not None else {}
+        if not stalled:
+            return web.json_response({"status": "alive"})
+        assert liveness is not None
+        reason = "; ".join(
+            f"{loop} has had work for {seconds:.0f}s without completing a batch" for loop, seconds in stalled.items()
+        )
+        body = {
+            "status": "stalled",
+            "reason": f"{reason} (STALL_TIMEOUT={liveness.stall_timeout_seconds:g}s)",
+            "stalled": {loop: round(seconds, 1) for loop, seconds in stalled.items()},
+        }
+        return web.json_response(body, status=503)
 
     async def readyz(_: web.Request) -> web.Response:
         checks = readiness.checks()
         ready = readiness.ready
-        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+        body: dict[str, object] = {"ready": ready, "checks": checks}
+        reasons = readiness.reasons()
+        if reasons:
+            body["reasons"] = reasons
+        return web.json_response(body, status=200 if ready else 503)
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -155,8 +230,14 @@ class OpsServer:
         await self._runner.cleanup()
 
 
-def ops_server(settings_host: str, settings_port: int, registry: CollectorRegistry, readiness: Readiness) -> OpsServer:
+def ops_server(
+    settings_host: str,
+    settings_port: int,
+    registry: CollectorRegistry,
+    readiness: Readiness,
+    liveness: Liveness | None = None,
+) -> OpsServer:
     """The ops server of a process that serves nothing else (worker, dispatcher)."""
     app = web.Application()
-    add_ops_routes(app, registry, readiness)
+    add_ops_routes(app, registry, readiness, liveness)
     return OpsServer(app, settings_host, settings_port)

@@ -6,16 +6,29 @@ with a message naming the variable (contract §5).
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import phonenumbers
 
 from schemas.kinds import DEFAULT_VERSIONS, KINDS, STATUSES, VERSION_SETTINGS, normalize_version
 
-__all__ = ["KINDS", "STATUSES", "RateLimitSetting", "Settings", "SettingsError", "Topics", "load_settings"]
+__all__ = [
+    "KINDS",
+    "STATUSES",
+    "DestinationLimits",
+    "RateLimitSetting",
+    "Settings",
+    "SettingsError",
+    "Topics",
+    "load_settings",
+]
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -27,6 +40,23 @@ class RateLimitSetting:
 
     rate_per_second: float
     burst: float
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationLimits:
+    """What one destination may have: requests in flight, a rate, and its circuit breakers' settings.
+
+    The global settings (DESTINATION_CONCURRENCY, DESTINATION_RATE_LIMIT, BREAKER_*) are the default;
+    DESTINATION_LIMITS (or DESTINATION_LIMITS_FILE) overrides any of them for a destination.
+    """
+
+    concurrency: int = 8
+    rate_limit: RateLimitSetting | None = None
+    breaker_failure_rate: float = 0.7  # trip at this share of failures ...
+    breaker_min_requests: int = 20  # ... over at least this many recent outcomes
+    breaker_open_seconds: float = 30.0  # the first open interval
+    breaker_max_open_seconds: float = 60.0  # the cap of the open interval: a recovered one is probed by then
+    breaker_probes: int = 5  # probes of a half-open round
 
 
 class SettingsError(ValueError):
@@ -125,6 +155,8 @@ class Settings:
     batch_max_size: int = 1000
     session_timeout_seconds: float = 30.0
     heartbeat_interval_seconds: float = 3.0
+    # /healthz fails when a batch loop has had work this long without completing a batch (ops_http.Liveness).
+    stall_timeout_seconds: float = 300.0
     log_level: str = "INFO"
     kafka_log_level: str = "WARNING"
     allow_private_targets: bool = False
@@ -134,6 +166,18 @@ class Settings:
     retry_max_delay_seconds: float = 2 * 3600
     destination_concurrency: int = 8
     destination_rate_limit: RateLimitSetting | None = None
+    # Circuit breakers (BREAKER_*), and per-destination overrides of them and of the two limits above
+    # (DESTINATION_LIMITS): destination_id -> its limits, the defaults already merged in.
+    breaker_failure_rate: float = 0.7
+    breaker_min_requests: int = 20
+    breaker_open_seconds: float = 30.0
+    breaker_max_open_seconds: float = 60.0
+    breaker_probes: int = 5
+    destination_limits: Mapping[str, DestinationLimits] = field(default_factory=dict)
+    # Back-pressure: a dispatcher stops fetching its partitions once this many postbacks it took are not
+    # final, and fetches again once they are down to dispatch_resume_pending.
+    dispatch_max_pending: int = 10_000
+    dispatch_resume_pending: int = 5_000
     # PlatformCredentials keyword -> URL, only for those set (tests and proxies; the defaults are the platforms')
     platform_urls: Mapping[str, str] = field(default_factory=dict)
     # kind -> API version the dispatchers call (GOOGLE_ADS_API_VERSION, ...; dispatchers/platforms/api_versions.py)
@@ -147,6 +191,22 @@ class Settings:
     intake_secret: str | None = field(default=None, repr=False)
     api_max_body_bytes: int = 1_048_576
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def destination_defaults(self) -> DestinationLimits:
+        """The limits of a destination DESTINATION_LIMITS does not name."""
+        return DestinationLimits(
+            concurrency=self.destination_concurrency,
+            rate_limit=self.destination_rate_limit,
+            breaker_failure_rate=self.breaker_failure_rate,
+            breaker_min_requests=self.breaker_min_requests,
+            breaker_open_seconds=self.breaker_open_seconds,
+            breaker_max_open_seconds=self.breaker_max_open_seconds,
+            breaker_probes=self.breaker_probes,
+        )
+
+    def limits_for(self, destination_id: str) -> DestinationLimits:
+        return self.destination_limits.get(destination_id) or self.destination_defaults
 
     def delivery_state_changelog(self, kind: str) -> str:
         """The compacted changelog of a dispatcher's delivery state: one partition per postbacks partition."""
@@ -276,6 +336,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
     log_format = env.get("LOG_FORMAT", "json").strip().lower()
     if log_format not in ("json", "text"):
         raise SettingsError(f"LOG_FORMAT={log_format!r}: must be json (production) or text (a terminal)")
+    limits = _default_limits(env)
+    max_pending, resume_pending = _back_pressure(env)
     return Settings(
         bootstrap_servers=bootstrap,
         app_id=env.get("APP_ID", "postback-router"),
@@ -294,6 +356,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         batch_max_size=_int("BATCH_MAX_SIZE", env.get("BATCH_MAX_SIZE", "1000"), 1, 100_000),
         session_timeout_seconds=session_timeout,
         heartbeat_interval_seconds=heartbeat,
+        stall_timeout_seconds=_positive("STALL_TIMEOUT", env.get("STALL_TIMEOUT", "5m")),
         log_level=log_level,
         kafka_log_level=kafka_log_level,
         allow_private_targets=_bool("POSTBACK_ALLOW_PRIVATE_TARGETS", env.get("POSTBACK_ALLOW_PRIVATE_TARGETS", "0")),
@@ -301,8 +364,16 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         delivery_max_age_seconds=_positive("DELIVERY_MAX_AGE", env.get("DELIVERY_MAX_AGE", "24h")),
         retry_base_delay_seconds=_positive("RETRY_BASE_DELAY", env.get("RETRY_BASE_DELAY", "1s")),
         retry_max_delay_seconds=_positive("RETRY_MAX_DELAY", env.get("RETRY_MAX_DELAY", "2h")),
-        destination_concurrency=_int("DESTINATION_CONCURRENCY", env.get("DESTINATION_CONCURRENCY", "8"), 1, 1000),
-        destination_rate_limit=_rate("DESTINATION_RATE_LIMIT", env.get("DESTINATION_RATE_LIMIT", "none")),
+        destination_concurrency=limits.concurrency,
+        destination_rate_limit=limits.rate_limit,
+        breaker_failure_rate=limits.breaker_failure_rate,
+        breaker_min_requests=limits.breaker_min_requests,
+        breaker_open_seconds=limits.breaker_open_seconds,
+        breaker_max_open_seconds=limits.breaker_max_open_seconds,
+        breaker_probes=limits.breaker_probes,
+        destination_limits=_destination_limits(env, limits),
+        dispatch_max_pending=max_pending,
+        dispatch_resume_pending=resume_pending,
         platform_urls=_platform_urls(env),
         platform_api_versions=_platform_api_versions(env),
         http_host=env.get("HTTP_HOST", "0.0.0.0").strip() or "0.0.0.0",
@@ -322,3 +393,167 @@ def _secret(name: str, raw: str) -> str | None:
     if len(value) < 16:
         raise SettingsError(f"{name} is too short: use at least 16 characters (e.g. `openssl rand -hex 32`)")
     return value
+
+
+# --- delivery limits: DESTINATION_CONCURRENCY, DESTINATION_RATE_LIMIT, BREAKER_*, DESTINATION_LIMITS, DISPATCH_* ---
+
+_LIMIT_FIELDS = (
+    "concurrency",
+    "rate_limit",
+    "breaker_failure_rate",
+    "breaker_min_requests",
+    "breaker_open_seconds",
+    "breaker_max_open_seconds",
+    "breaker_probes",
+)
+# A bare S2S host (a DNS name, a dotted quad, an IPv6 address in brackets), without a port.
+_BARE_HOST = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_.-]*[a-z0-9_])?|\[[0-9a-f:.]+\])$")
+_DESTINATION_FORMS = (
+    "expected a destination id (s2s:<host>, google_ads:<customer id>, meta:<pixel id>, tiktok:<pixel code>, "
+    "microsoft_ads:<account id>) or an S2S host, without a port"
+)
+
+
+def _fraction(name: str, raw: str) -> float:
+    """A share in (0, 1]: `0.7` or `70%`."""
+    value = raw.strip()
+    try:
+        number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a share such as 0.7 or 70%") from None
+    if not (math.isfinite(number) and 0 < number <= 1):
+        raise SettingsError(f"{name}={raw!r}: must be above 0 and at most 1 (100%)")
+    return number
+
+
+def _checked_limits(name: str, limits: DestinationLimits) -> DestinationLimits:
+    if limits.breaker_max_open_seconds < limits.breaker_open_seconds:
+        raise SettingsError(
+            f"{name}: the breaker's longest open interval ({limits.breaker_max_open_seconds:g}s) is shorter "
+            f"than its first ({limits.breaker_open_seconds:g}s)"
+        )
+    return limits
+
+
+def _default_limits(env: Mapping[str, str]) -> DestinationLimits:
+    """The global limits; BREAKER_MAX_OPEN_SECONDS unset is 60s, or BREAKER_OPEN_SECONDS if that is longer."""
+    open_seconds = _positive("BREAKER_OPEN_SECONDS", env.get("BREAKER_OPEN_SECONDS", "30s"))
+    max_open_raw = env.get("BREAKER_MAX_OPEN_SECONDS", "").strip()
+    max_open_seconds = _positive("BREAKER_MAX_OPEN_SECONDS", max_open_raw) if max_open_raw else max(60.0, open_seconds)
+    return _checked_limits(
+        "BREAKER_MAX_OPEN_SECONDS",
+        DestinationLimits(
+            concurrency=_int("DESTINATION_CONCURRENCY", env.get("DESTINATION_CONCURRENCY", "8"), 1, 1000),
+            rate_limit=_rate("DESTINATION_RATE_LIMIT", env.get("DESTINATION_RATE_LIMIT", "none")),
+            breaker_failure_rate=_fraction("BREAKER_FAILURE_RATE", env.get("BREAKER_FAILURE_RATE", "70%")),
+            breaker_min_requests=_int("BREAKER_MIN_REQUESTS", env.get("BREAKER_MIN_REQUESTS", "20"), 1, 10_000),
+            breaker_open_seconds=open_seconds,
+            breaker_max_open_seconds=max_open_seconds,
+            breaker_probes=_int("BREAKER_PROBES", env.get("BREAKER_PROBES", "5"), 1, 100),
+        ),
+    )
+
+
+def _destination_key(name: str, key: object) -> str:
+    """The destination_id a DESTINATION_LIMITS key names, as the worker writes it (streams/core/rules.py)."""
+    if not isinstance(key, str) or not key.strip():
+        raise SettingsError(f"{name}: {key!r}: {_DESTINATION_FORMS}")
+    kind, colon, rest = key.strip().partition(":")
+    if colon and kind in KINDS and kind != "s2s":
+        ident = rest.strip().replace("-", "") if kind == "google_ads" else rest.strip()
+        if not ident or any(char.isspace() for char in ident):
+            raise SettingsError(f"{name}: {key!r}: {_DESTINATION_FORMS}")
+        return f"{kind}:{ident}"
+    host = (rest if colon and kind == "s2s" else key).strip().lower()
+    if not _BARE_HOST.match(host):
+        raise SettingsError(f"{name}: {key!r}: {_DESTINATION_FORMS}")
+    return "s2s:" + host.strip("[]")
+
+
+def _json_int(name: str, value: object, minimum: int, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise SettingsError(f"{name}={value!r}: expected a whole number")
+    return _int(name, str(value), minimum, maximum)
+
+
+def _json_seconds(name: str, value: object) -> float:
+    """A duration: `10s`, `2m`, ... or a JSON number of seconds; longer than 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise SettingsError(f"{name}={value!r}: expected a duration such as 10s or 2m, or a number of seconds")
+    seconds = float(value) if not isinstance(value, str) else parse_duration(name, value)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise SettingsError(f"{name}={value!r}: must be longer than 0")
+    return seconds
+
+
+def _limit_override(name: str, raw: object, defaults: DestinationLimits) -> DestinationLimits:
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{name}: expected an object with some of {', '.join(_LIMIT_FIELDS)}")
+    unknown = sorted(set(raw) - set(_LIMIT_FIELDS))
+    if unknown:
+        raise SettingsError(f"{name}: unknown field {unknown[0]!r}; known: {', '.join(_LIMIT_FIELDS)}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        field_name = f"{name}.{key}"
+        if key == "concurrency":
+            values[key] = _json_int(field_name, value, 1, 1000)
+        elif key == "rate_limit":
+            if value is not None and not isinstance(value, str):
+                raise SettingsError(f"{field_name}={value!r}: expected none or a rate such as 50/s or 50/s:100")
+            values[key] = _rate(field_name, value or "none")
+        elif key == "breaker_failure_rate":
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise SettingsError(f"{field_name}={value!r}: expected a share such as 0.7 or 70%")
+            values[key] = _fraction(field_name, str(value))
+        elif key == "breaker_min_requests":
+            values[key] = _json_int(field_name, value, 1, 10_000)
+        elif key == "breaker_probes":
+            values[key] = _json_int(field_name, value, 1, 100)
+        else:
+            values[key] = _json_seconds(field_name, value)
+    if "breaker_open_seconds" in values and "breaker_max_open_seconds" not in values:
+        values["breaker_max_open_seconds"] = max(values["breaker_open_seconds"], defaults.breaker_max_open_seconds)
+    return _checked_limits(name, dataclasses.replace(defaults, **values))
+
+
+def _destination_limits(env: Mapping[str, str], defaults: DestinationLimits) -> dict[str, DestinationLimits]:
+    """DESTINATION_LIMITS (JSON) or DESTINATION_LIMITS_FILE (a JSON file, e.g. a mounted ConfigMap):
+    destination id or S2S host -> {concurrency, rate_limit, breaker_*}; what it leaves out is the default."""
+    inline = env.get("DESTINATION_LIMITS", "").strip()
+    path = env.get("DESTINATION_LIMITS_FILE", "").strip()
+    if inline and path:
+        raise SettingsError("DESTINATION_LIMITS and DESTINATION_LIMITS_FILE are both set: use one of them")
+    if not inline and not path:
+        return {}
+    name = "DESTINATION_LIMITS" if inline else f"DESTINATION_LIMITS_FILE={path}"
+    if path:
+        try:
+            with open(path, encoding="utf-8") as file:
+                inline = file.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{name}: cannot be read ({exc.__class__.__name__}: {exc})") from None
+    try:
+        document = json.loads(inline)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise SettingsError(f"{name}: expected a JSON object of destination -> limits")
+    limits: dict[str, DestinationLimits] = {}
+    for key, raw in document.items():
+        destination_id = _destination_key(name, key)
+        if destination_id in limits:
+            raise SettingsError(f"{name}: {key!r} names {destination_id}, already given")
+        limits[destination_id] = _limit_override(f"{name}[{key!r}]", raw, defaults)
+    return limits
+
+
+def _back_pressure(env: Mapping[str, str]) -> tuple[int, int]:
+    """DISPATCH_MAX_PENDING, and DISPATCH_RESUME_PENDING below it (default: half of it)."""
+    max_pending = _int("DISPATCH_MAX_PENDING", env.get("DISPATCH_MAX_PENDING", "10000"), 1, 10_000_000)
+    raw = env.get("DISPATCH_RESUME_PENDING", "").strip()
+    if not raw:
+        return max_pending, max_pending // 2
+    resume = _int("DISPATCH_RESUME_PENDING", raw, 0, 10_000_000)
+    if resume >= max_pending:
+        raise SettingsError(f"DISPATCH_RESUME_PENDING={resume}: must be below DISPATCH_MAX_PENDING ({max_pending})")
+    return max_pending, resume

@@ -27,12 +27,13 @@ import orjson
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
+from service.changelog_store import StateStoreMetrics
 from service.compacted_view import CompactedTopicView
 from service.consumer_health import ConsumerLag, KafkaHealth
 from service.diagnostics import dump_tasks
 from service.group_member import Batch, GroupMember
 from service.kafka_io import Outgoing, until_done
-from service.ops_http import Readiness, new_registry, ops_server
+from service.ops_http import Liveness, Readiness, new_registry, ops_server
 from service.settings import Settings
 from streams.core.batch import ConversionBatchProcessor, MatcherConfig, OutgoingMessage, SourceRecord, utc_rfc3339
 from streams.core.fired_record import encode_fired_record
@@ -54,6 +55,8 @@ class MatchingWorker:
         # /readyz: connected (kafka), both views recovered (contract §2.8), in the group, fired-state restored.
         self.readiness = Readiness(self.registry, ("kafka", "views_recovered", "consumer", "fired_state"))
         self._kafka_health = KafkaHealth(self.registry, self.readiness)
+        # /healthz: the batch loop completes what it fetched within STALL_TIMEOUT.
+        self.liveness = Liveness(settings.stall_timeout_seconds)
         bootstrap = settings.bootstrap_servers
         self.rules: CompactedTopicView[CampaignRules] = CompactedTopicView(
             bootstrap, self.topics.campaign_rules, parse_campaign_rules, self.metrics.rules_campaigns.set
@@ -66,6 +69,7 @@ class MatchingWorker:
             settings.fired_state_changelog,
             "memory" if settings.state_store == "memory://" else "rocksdb",
             Path(settings.state_dir) / settings.app_id,
+            metrics=StateStoreMetrics(self.registry),
         )
         self.processor = ConversionBatchProcessor(
             MatcherConfig(
@@ -93,6 +97,7 @@ class MatchingWorker:
             kafka_health=self._kafka_health,
             lag=ConsumerLag(self.registry),
             max_records=settings.batch_max_size,
+            liveness=self.liveness,
         )
 
     def stop(self) -> None:
@@ -100,7 +105,7 @@ class MatchingWorker:
 
     async def run(self) -> None:
         settings = self.settings
-        server = ops_server(settings.http_host, settings.http_port, self.registry, self.readiness)
+        server = ops_server(settings.http_host, settings.http_port, self.registry, self.readiness, self.liveness)
         await server.start()
         try:
             await self.member.run(background=[("fired-state-sweep", self._sweep_periodically)])
@@ -145,7 +150,9 @@ class MatchingWorker:
             if messages:
                 await self.member.send(_outgoing(messages), "producing invalid-record messages")
             return
-        await until_done(self._catch_up_views, "reading the latest rules", self._kafka_health)
+        await until_done(
+            self._catch_up_views, "reading the latest rules", self._kafka_health, give_up=self.member.writes_given_up()
+        )
         result = self.processor.process(conversions)
         messages.extend(result.messages)
         await self.member.send(_outgoing(messages), "producing a batch")

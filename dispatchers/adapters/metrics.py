@@ -72,6 +72,13 @@ class DispatcherMetrics:
             ["kind"],
             registry=registry,
         )
+        self.task_failures = Counter(
+            "postback_dispatch_task_failures_total",
+            "Delivery tasks that raised (logged; the task carries on or is replaced, its postbacks retried), "
+            "by kind and task: delivery_worker, report.",
+            ["kind", "task"],
+            registry=registry,
+        )
 
     def delivered_at(self, kind: str, occurred_at: object, now: datetime) -> None:
         if isinstance(occurred_at, str):
@@ -85,15 +92,17 @@ class DispatcherMetrics:
 
 
 class DispatcherGauges(Collector):
-    """Gauges read when scraped: pending postbacks per kind, circuit state per destination."""
+    """Gauges read when scraped: pending postbacks and back-pressure per kind, circuit state per destination."""
 
     def __init__(
         self,
         pending: Callable[[], Iterable[tuple[str, int]]],
         breakers: Callable[[], Iterable[tuple[str, BreakerState]]],
+        paused: Callable[[], Iterable[tuple[str, bool]]] = lambda: (),
     ) -> None:
         self._pending = pending
         self._breakers = breakers
+        self._paused = paused
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         pending = GaugeMetricFamily(
@@ -110,8 +119,17 @@ class DispatcherGauges(Collector):
         )
         for destination, state in self._breakers():
             circuits.add_metric([destination], 0.0 if state is BreakerState.CLOSED else 1.0)
+        paused = GaugeMetricFamily(
+            "postback_dispatch_paused",
+            "1 while the dispatcher of a kind does not fetch postbacks: it holds DISPATCH_MAX_PENDING not final "
+            "(back-pressure), until they are down to DISPATCH_RESUME_PENDING.",
+            labels=["kind"],
+        )
+        for kind, is_paused in self._paused():
+            paused.add_metric([kind], 1.0 if is_paused else 0.0)
         yield pending
         yield circuits
+        yield paused
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return []

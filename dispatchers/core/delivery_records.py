@@ -1,5 +1,7 @@
 """The records a dispatcher writes, pure: `postbacks.results`, `postbacks.dead-letter` (also for a
-consumed record that is no postback of its topic), and the `pending` delivery state written back.
+consumed record that is no postback of its topic), the delivery states (`pending` written back,
+`decided` with the records that report it, `final`), and the bounded versions of them written when
+Kafka refuses a record as too large (`shrink_delivery_state`, `bounded_result`, `bounded_dead_letter`).
 
 The dispatcher (dispatchers/dispatcher.py) decodes each consumed record with `decode_postback` and
 writes what these build; the schedulers' FinalOutcome and PendingPostback (dispatchers/engine/)
@@ -13,8 +15,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from dispatchers.core.delivery_state import DeliveryState
-from dispatchers.core.outcome import Outcome
+from dispatchers.core.delivery_state import DeliveryState, EmitRecord, decode_delivery_state, encode_delivery_state
+from dispatchers.core.outcome import Outcome, Verdict
 from schemas.redaction import keep_copy, keep_key, scrub
 
 SCHEMA_VERSION = 1
@@ -95,6 +97,68 @@ def dead_letter_record(final: Finished) -> dict[str, Any]:
         "dead_lettered_at": utc_iso(final.finished_at),
         "postback": final.postback,
     }
+
+
+def decided_state(final: Finished, emit: tuple[EmitRecord, ...], now: int) -> DeliveryState:
+    """The state written as soon as a postback's outcome is known, before its records are: see delivery_state."""
+    return DeliveryState("decided", now, final.attempts, utc_iso(final.first_attempt_at), final.result, None, emit)
+
+
+def final_state(attempts: int, result: str | None, now: int) -> DeliveryState:
+    """The state once the records reporting the outcome are acknowledged."""
+    return DeliveryState("final", now, attempts, None, result, None)
+
+
+# The outcome of a postback whose `pending` state Kafka refuses (larger than the state changelog takes):
+# it cannot be kept for its retries, so it is not sent at all; its dead-letter record keeps a bounded copy.
+UNKEEPABLE_REASON = "postback_too_large"
+
+
+def unkeepable_outcome(error: str) -> Outcome:
+    return Outcome(
+        Verdict.REJECTED,
+        UNKEEPABLE_REASON,
+        f"the postback is larger than the delivery-state changelog accepts ({error}): not sent",
+    )
+
+
+def bounded_result(result: dict[str, Any]) -> dict[str, Any]:
+    """A results record Kafka refused as too large, without its only free text (`last_detail`)."""
+    return {name: value for name, value in result.items() if name != "last_detail"}
+
+
+def bounded_dead_letter(dead: dict[str, Any]) -> dict[str, Any]:
+    """A dead-letter record Kafka refused as too large (or one to keep inside a `decided` state that was):
+    the postback replaced by its bounded, redacted copy (schemas/redaction.py), `detail` shortened."""
+    postback = dead.get("postback")
+    bounded = {**dead, "postback": None, "detail": str(dead.get("detail", ""))[:DETAIL_KEPT_CHARS]}
+    if postback is not None:
+        copy = keep_copy(orjson.dumps(postback))
+        bounded["original_value"] = copy.text
+        if copy.truncated:
+            bounded.update(original_truncated=True, original_bytes=copy.size, original_sha256=copy.sha256)
+    return bounded
+
+
+# What a bounded dead-letter record keeps of its `detail` (a destination's answer is at most 300 already).
+DETAIL_KEPT_CHARS = 300
+
+
+def shrink_delivery_state(raw: bytes) -> bytes | None:
+    """A delivery state Kafka refused as too large, made small: a `decided` one keeps its dead-letter record
+    bounded (`bounded_dead_letter`); a `pending` one cannot be (its postback is what is delivered): None."""
+    state = decode_delivery_state(raw)
+    if state.status != "decided":
+        return None
+    emit = tuple(
+        EmitRecord(
+            e.role, e.partition, e.from_offset, bounded_dead_letter(e.value) if e.role == "dead_letter" else e.value
+        )
+        for e in state.emit
+    )
+    return encode_delivery_state(
+        DeliveryState(state.status, state.updated_at, state.attempts, state.first_attempt_at, state.result, None, emit)
+    )
 
 
 def pending_state(item: Unfinished, now: int) -> DeliveryState:

@@ -1,8 +1,17 @@
 """The delivery state of one postback, kept per partition in a ChangelogStore keyed by postback_id.
 
-`pending` carries the postback itself so that a dispatcher restarted (or a new owner of the
-partition) resumes its retries; `final` keeps only the outcome, which is what dedupe needs: a
-postback_id that has a state is never delivered again.
+The state changelog is the one source of truth about a postback (README "Delivery"):
+
+- `pending` carries the postback itself so that a dispatcher restarted (or a new owner of the
+  partition) resumes its retries;
+- `decided` is written, and acknowledged, as soon as its outcome is known, before anything is done
+  with it: the answer was received (or the postback given up), so it is never sent again. It carries
+  the records that report it (`emit`: the `postbacks.results` record and, unless delivered, the
+  `postbacks.dead-letter` one), each with the partition it goes to and an offset of that partition
+  at or below the end when the outcome was decided, so that whoever finds the state `decided` later
+  checks from there whether each record is already written, and writes only those that are not;
+- `final` keeps only the outcome, once those records are acknowledged: what dedupe needs. A
+  postback_id that has any state is never delivered again.
 """
 
 from __future__ import annotations
@@ -12,7 +21,19 @@ from typing import Any, Literal
 
 import orjson
 
-DeliveryStatus = Literal["pending", "final"]
+DeliveryStatus = Literal["pending", "decided", "final"]
+# Where a reporting record goes: named by role, not topic name, so a state outlives a topic prefix change.
+EmitRole = Literal["results", "dead_letter"]
+
+
+@dataclass(frozen=True, slots=True)
+class EmitRecord:
+    """One record reporting a decided postback: its Kafka key is the postback_id."""
+
+    role: EmitRole
+    partition: int
+    from_offset: int  # the partition's end was at least this when the outcome was decided
+    value: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,21 +42,23 @@ class DeliveryState:
     updated_at: int  # unix seconds
     attempts: int = 0
     first_attempt_at: str | None = None
-    result: str | None = None  # delivered | rejected | dead_lettered, when final
+    result: str | None = None  # delivered | rejected | dead_lettered, when decided or final
     postback: dict[str, Any] | None = None  # while pending
+    emit: tuple[EmitRecord, ...] = ()  # while decided
 
 
 def encode_delivery_state(state: DeliveryState) -> bytes:
-    return orjson.dumps(
-        {
-            "s": state.status,
-            "t": state.updated_at,
-            "a": state.attempts,
-            "f": state.first_attempt_at,
-            "r": state.result,
-            "p": state.postback,
-        }
-    )
+    data: dict[str, Any] = {
+        "s": state.status,
+        "t": state.updated_at,
+        "a": state.attempts,
+        "f": state.first_attempt_at,
+        "r": state.result,
+        "p": state.postback,
+    }
+    if state.emit:
+        data["e"] = [{"r": e.role, "p": e.partition, "o": e.from_offset, "v": e.value} for e in state.emit]
+    return orjson.dumps(data)
 
 
 def decode_delivery_state(raw: bytes) -> DeliveryState:
@@ -47,4 +70,5 @@ def decode_delivery_state(raw: bytes) -> DeliveryState:
         first_attempt_at=data.get("f"),
         result=data.get("r"),
         postback=data.get("p"),
+        emit=tuple(EmitRecord(e["r"], int(e["p"]), int(e["o"]), e["v"]) for e in data.get("e") or ()),
     )

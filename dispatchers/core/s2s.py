@@ -36,6 +36,7 @@ USER_AGENT = f"postback-router/{__version__}"
 BODY_CHECK_MAX_CHARS = 8 * 1024
 DETAIL_MAX_CHARS = 300
 _BODY_SNIPPET_CHARS = 120
+BREAKER_SCOPE_MAX_CHARS = 200
 _FORBIDDEN_URL_CHARS = re.compile(r"[\x00-\x20\x7f]")  # CR/LF would split the request line; no space either
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]+")
 
@@ -74,6 +75,24 @@ def build_s2s_request(postback: Mapping[str, Any], timeout_seconds: float) -> Ht
         headers["Content-Type"] = "application/x-www-form-urlencoded"
     target = urlunsplit((split.scheme, split.netloc, split.path or "/", "", ""))
     return HttpRequest("POST", target, headers, split.query.encode("ascii"), timeout_seconds)
+
+
+def s2s_breaker_scope(postback: Mapping[str, Any]) -> str:
+    """The path of an S2S postback's URL as its rule writes it (`/conversion.php`): the endpoint within its
+    host that a circuit breaker watches, so one failing path does not hold back the host's others.
+
+    The rule's template, not the rendered URL: a macro in the path (`/{clickid}/done`) must not make a
+    breaker per click. "" (the whole host) when the entry has no URL; at most BREAKER_SCOPE_MAX_CHARS.
+    """
+    entry = postback.get("entry")
+    template = entry.get("url") if isinstance(entry, Mapping) else None
+    if not isinstance(template, str):
+        return ""
+    try:
+        path = urlsplit(template).path
+    except ValueError:
+        return ""
+    return (path or "/")[:BREAKER_SCOPE_MAX_CHARS]
 
 
 @functools.lru_cache(maxsize=1024)

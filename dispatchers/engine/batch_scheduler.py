@@ -86,6 +86,9 @@ class PlatformDeliverer:
     def queue_key(self, postback: Postback) -> tuple[str, ...]:
         return (self.platform.batch_key(postback), _secret_name(postback))
 
+    def breaker_scope(self, postback: Postback) -> str:
+        return ""  # one breaker per account or pixel (the destination)
+
     def precheck(self, postback: Postback, now: datetime) -> Outcome | None:
         return self.platform.precheck(postback, now)
 

@@ -1,8 +1,9 @@
 """S2S delivery (contract §4): the one scheduler of `scheduler_core.py` with the S2S strategy.
 
-A queue per destination (`destination_id`, an S2S host), one postback per request, no linger, no
-precheck and no credentials. The request is built and the traffic source's answer judged by the pure
-`dispatchers/core/s2s.py`; a postback whose URL cannot be sent counts as an attempt that sent nothing.
+A queue per destination (`destination_id`, an S2S host), a circuit breaker per host and URL path, one
+postback per request, no linger, no precheck and no credentials. The request is built and the traffic
+source's answer judged by the pure `dispatchers/core/s2s.py`; a postback whose URL cannot be sent counts
+as an attempt that sent nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Unpack
 
 from dispatchers.core.http import HttpRequest, HttpResponse, Transport
 from dispatchers.core.outcome import Outcome
-from dispatchers.core.s2s import build_s2s_request, classify_s2s_response
+from dispatchers.core.s2s import build_s2s_request, classify_s2s_response, s2s_breaker_scope
 from dispatchers.engine.scheduler_core import Postback, Scheduler, SchedulerOptions, exchange, utc_now
 
 
@@ -31,6 +32,9 @@ class S2SDeliverer:
 
     def queue_key(self, postback: Postback) -> tuple[str, ...]:
         return ()  # one queue per destination
+
+    def breaker_scope(self, postback: Postback) -> str:
+        return s2s_breaker_scope(postback)  # a breaker per host and path
 
     def precheck(self, postback: Postback, now: datetime) -> Outcome | None:
         return None

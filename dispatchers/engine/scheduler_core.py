@@ -16,7 +16,9 @@ bound. A queue's head that is due opens a batch, sent `linger` later with every 
 by then, or at once when `max_batch` rows are due (S2S: one row, no linger).
 
 One attempt: each row's precheck (a row held back is not an attempt), the request's credentials, the
-breaker (an open one defers the rows, never past their give-up deadline), the request (a malformed
+breaker of the endpoint (the destination and the deliverer's `breaker_scope`: an S2S URL's path, so one
+failing path does not hold back its host's others; an open one defers the rows, never past their
+give-up deadline), the request (a malformed
 row is rejected alone instead of failing its batch), the rate limit and the slots, the answer
 classified row by row, one breaker record per request, and each row decided on its own: a delivered
 row is final and never sent again, a row to retry goes back to its queue. A request whose credentials
@@ -25,6 +27,11 @@ were refused (`auth_expired`) is repeated at once with fresh ones; a second refu
 Clocks: decisions (due times, give-up age, breaker state, latency) use the injected `clock` (aware UTC
 datetimes), so tests and a resumed state agree on one timeline; waits are real `asyncio` sleeps
 computed from it. The rate limiter paces in real monotonic time: it only spaces requests out.
+
+A worker whose attempt raises (a bug: a deliverer, a classifier, a credentials resolver) is never
+silently gone: the error is logged and counted (`on_task_failure`), the rows it held go back to their
+queue as a failed attempt would (or to dead-letter past their age), and the worker carries on; a
+worker task that dies anyway is logged, counted and replaced.
 
 Exactly one `on_final` per postback_id: a postback is marked final (and forgotten from the pending
 set) before `on_final` is called, and a postback_id that is pending or was finalised is ignored when
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -47,7 +55,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, NotRequired, Protocol, Self, TypedDict, TypeVar
 
-from dispatchers.core.circuit_breaker import CircuitBreakers
+from dispatchers.core.circuit_breaker import BreakerState, CircuitBreakers
 from dispatchers.core.http import DEFAULT_CONNECTION_LIMIT, HttpRequest, HttpResponse, Transport, TransportError
 from dispatchers.core.outcome import Outcome, Verdict
 from dispatchers.core.retry_policy import FinalResult, RetryAt, RetryPolicy, classify_transport_error, decide
@@ -63,12 +71,16 @@ DEFAULT_MAX_IN_FLIGHT = DEFAULT_CONNECTION_LIMIT
 # dedupe across restarts belongs to the Kafka layer.
 DEFAULT_REMEMBERED_FINALS = 100_000
 # drain(): a final outcome already decided when the workers are cancelled gets this long to be
-# reported. Without it the destination has the postback and postbacks.results never hears of it.
-FINAL_REPORT_GRACE_SECONDS = 1.0
+# reported. Without it the destination has the postback and postbacks.results never hears of it, and
+# (the dispatcher's state still `pending`) the partition's next owner sends it again. A report is a
+# few Kafka writes, milliseconds when Kafka is healthy; when it is not, a stop abandons those writes
+# sooner anyway (service/group_member.py STOP_WRITE_GRACE_SECONDS).
+FINAL_REPORT_GRACE_SECONDS = 10.0
 DEFAULT_STOP_TIMEOUT_SECONDS = 10.0
-# A half-open breaker whose probe is still in flight has no `open_until`; other postbacks of that
-# destination look again this much later. A probe lasts at most the request timeout, and a second of
-# extra delay after an endpoint recovered costs nothing.
+# A half-open breaker whose probes are still in flight has no `open_until`; other postbacks of that
+# endpoint look again this much later (or a tenth of the breaker's open interval, if that is shorter).
+# A probe lasts at most the request timeout, and a second of extra delay after an endpoint recovered
+# costs nothing.
 HALF_OPEN_RECHECK_SECONDS = 1.0
 # A worker waiting for a due time looks at the clock at least this often, so a wall-clock step (NTP,
 # or a test clock moved forward) is noticed without every idle destination waking up often.
@@ -121,6 +133,8 @@ class Job:
     first_attempt_at: datetime | None
     next_attempt_at: datetime
     last_outcome: Outcome | None = None
+    queued: bool = False  # in its queue's heap (False while a worker holds it)
+    internal_errors: int = 0  # attempts cut short by a bug: they back off like failed attempts
 
 
 class CredentialsUnavailable(Exception):
@@ -140,6 +154,11 @@ class Deliverer(Protocol[C]):
 
     def queue_key(self, postback: Postback) -> tuple[str, ...]:
         """Postbacks of one destination with the same key may share a request (raises for a malformed one)."""
+        ...
+
+    def breaker_scope(self, postback: Postback) -> str:
+        """What fails on its own within the destination, for its circuit breaker: an S2S URL's path; ""
+        for an ad account or pixel (the same for every postback of a queue key that batches rows)."""
         ...
 
     def precheck(self, postback: Postback, now: datetime) -> Outcome | None:
@@ -200,6 +219,7 @@ class SchedulerOptions(TypedDict):
     rand: NotRequired[Callable[[], float]]
     max_in_flight: NotRequired[int]
     remembered_finals: NotRequired[int]
+    on_task_failure: NotRequired[Callable[[str], None]]
 
 
 @dataclass(slots=True)
@@ -250,7 +270,10 @@ class Scheduler(Generic[C]):
         rand: Callable[[], float] = random.random,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         remembered_finals: int = DEFAULT_REMEMBERED_FINALS,
+        on_task_failure: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_task_failure(task)` is called for each failure of one of its tasks (`delivery_worker`,
+        `report`), already logged: the metric."""
         if max_in_flight < 1 or remembered_finals < 0:
             raise ValueError("max_in_flight must be at least 1 and remembered_finals at least 0")
         self._transport = transport
@@ -262,6 +285,7 @@ class Scheduler(Generic[C]):
         self._on_final = on_final
         self._clock = clock
         self._rand = rand
+        self._on_task_failure = on_task_failure
         self._global_slots = asyncio.Semaphore(max_in_flight)
         self._remembered_finals = remembered_finals
         self._jobs: dict[str, Job] = {}  # every postback not yet final, queued or in flight
@@ -379,6 +403,7 @@ class Scheduler(Generic[C]):
 
     def _schedule(self, queue: _Queue, job: Job, due: datetime) -> None:
         job.next_attempt_at = due
+        job.queued = True
         heapq.heappush(queue.heap, (due, next(self._order), job))
         queue.wake()
         # A worker that is busy sending may be the only one: let another pick the row up when it is due.
@@ -395,11 +420,27 @@ class Scheduler(Generic[C]):
             name = f"postback-delivery:{self._deliverer.name}:{queue.destination_id}"
             task = asyncio.create_task(self._run_worker(queue), name=name)
             queue.workers.add(task)
-            task.add_done_callback(self._worker_done)
+            task.add_done_callback(functools.partial(self._worker_done, queue=queue))
 
-    def _worker_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery worker %s crashed", task.get_name(), exc_info=task.exception())
+    def _worker_done(self, task: asyncio.Task[None], queue: _Queue) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error(
+            "delivery worker %s crashed; replaced",
+            task.get_name(),
+            exc_info=task.exception(),
+            extra={"destination_id": queue.destination_id, "kind": self._deliverer.name},
+        )
+        self._task_failed("delivery_worker")
+        if queue.heap and self._queues.get(queue.key) is queue:
+            self._spawn_workers(queue)  # its rows still queued get a worker again
+
+    def _task_failed(self, task: str) -> None:
+        if self._on_task_failure is not None:
+            try:
+                self._on_task_failure(task)
+            except Exception:
+                log.exception("on_task_failure raised")
 
     async def _run_worker(self, queue: _Queue) -> None:
         linger = self._deliverer.linger
@@ -416,11 +457,22 @@ class Scheduler(Generic[C]):
                         await asyncio.wait_for(changed.wait(), min(wait.total_seconds(), MAX_IDLE_WAIT_SECONDS))
                     continue  # re-read the head: an earlier postback may have arrived, or we are stopping
                 batch: list[Job] = []
-                while queue.heap and queue.heap[0][0] <= now and len(batch) < self._deliverer.max_batch:
-                    batch.append(heapq.heappop(queue.heap)[2])
                 queue.busy += 1
                 try:
+                    while queue.heap and queue.heap[0][0] <= now and len(batch) < self._deliverer.max_batch:
+                        job = heapq.heappop(queue.heap)[2]
+                        job.queued = False
+                        batch.append(job)
                     await self._attempt(queue, batch)
+                except Exception as exc:  # a bug: its rows are retried later, the worker carries on
+                    log.exception(
+                        "a %s attempt for %s raised; its postbacks are retried later",
+                        self._deliverer.name,
+                        queue.destination_id,
+                        extra={"destination_id": queue.destination_id, "kind": self._deliverer.name},
+                    )
+                    self._task_failed("delivery_worker")
+                    await self._recover(queue, batch, exc)
                 finally:
                     queue.busy -= 1
         finally:
@@ -429,6 +481,24 @@ class Scheduler(Generic[C]):
                 queue.workers.discard(current)
             if not queue.workers and not queue.heap and self._queues.get(queue.key) is queue:
                 del self._queues[queue.key]
+
+    async def _recover(self, queue: _Queue, batch: list[Job], exc: Exception) -> None:
+        """An attempt cut short by a bug: each of its rows still pending and not queued again goes back to
+        its queue as after a failed attempt (backing off, so a row that always raises costs little),
+        or to dead-letter past its age; none is left behind."""
+        now = self._clock()
+        outcome = Outcome(Verdict.RETRY, "internal_error", f"{type(exc).__name__}: {exc}"[:_DETAIL_LIMIT])
+        for job in batch:
+            if self._jobs.get(job.postback_id) is not job or job.queued:
+                continue  # final already, or back in its queue
+            first_attempt_at = job.first_attempt_at = job.first_attempt_at or now
+            job.last_outcome = outcome
+            job.internal_errors += 1
+            if self._policy.give_up(first_attempt_at, now):
+                await self._finalize(job, "dead_lettered", outcome, now, first_attempt_at)
+                continue
+            delay = self._policy.next_delay(job.attempts + job.internal_errors, None, self._rand)
+            self._schedule(queue, job, min(now + timedelta(seconds=delay), self._policy.deadline(first_attempt_at)))
 
     def _batch_full(self, queue: _Queue, now: datetime) -> bool:
         # The length check first: the scan only runs once the heap could hold a full batch.
@@ -460,23 +530,28 @@ class Scheduler(Generic[C]):
         except CredentialsUnavailable as exc:
             await self._settle_all(queue, sendable, exc.outcome, count_attempt=True)
             return
-        if await self._breaker_allows(queue, sendable, now):
-            await self._send(queue, sendable, credentials)
+        scope = self._breaker_scope(sendable[0].postback)
+        if await self._breaker_allows(queue, sendable, now, scope):
+            await self._send(queue, sendable, credentials, scope)
 
-    async def _breaker_allows(self, queue: _Queue, jobs: list[Job], now: datetime) -> bool:
+    def _breaker_scope(self, postback: Postback) -> str:
+        try:
+            return self._deliverer.breaker_scope(postback)
+        except BAD_POSTBACK_ERRORS:
+            return ""  # the destination's breaker: such a postback is rejected when its request is built
+
+    async def _breaker_allows(self, queue: _Queue, jobs: list[Job], now: datetime, scope: str) -> bool:
         destination_id = queue.destination_id
         breaker_now = now.timestamp()
-        if self._breakers.allow(destination_id, breaker_now):
+        if self._breakers.allow(destination_id, breaker_now, scope):
             return True
         # Not an attempt: nothing is sent. The age still starts, so a postback for an endpoint that stays
         # down is dead-lettered after max_age instead of being parked behind the breaker forever. It waits
         # for the breaker's next probe rather than spinning, but not past its give-up deadline.
-        open_until = self._breakers.get(destination_id, breaker_now).open_until
-        due = (
-            datetime.fromtimestamp(open_until, UTC)
-            if open_until is not None
-            else now + timedelta(seconds=HALF_OPEN_RECHECK_SECONDS)
-        )
+        breaker = self._breakers.get(destination_id, breaker_now, scope)
+        open_until = breaker.open_until
+        recheck = min(HALF_OPEN_RECHECK_SECONDS, breaker.config.cooldown_seconds / 10)
+        due = datetime.fromtimestamp(open_until, UTC) if open_until is not None else now + timedelta(seconds=recheck)
         for job in jobs:
             if job.first_attempt_at is None:
                 job.first_attempt_at = now
@@ -489,7 +564,7 @@ class Scheduler(Generic[C]):
                 self._schedule(queue, job, min(due, self._policy.deadline(job.first_attempt_at)))
         return False
 
-    async def _send(self, queue: _Queue, jobs: list[Job], credentials: C) -> None:
+    async def _send(self, queue: _Queue, jobs: list[Job], credentials: C, scope: str) -> None:
         """One request for `jobs`, plus one immediate repeat with new credentials if they were refused."""
         destination_id = queue.destination_id
         refreshed = False
@@ -505,7 +580,7 @@ class Scheduler(Generic[C]):
                     return
                 outcomes = await self._exchange(jobs, request, credentials)
             expired = [o.verdict is Verdict.RETRY and o.reason == AUTH_EXPIRED for o in outcomes]
-            self._record_health(destination_id, outcomes, any(expired))
+            self._record_health(destination_id, scope, outcomes, any(expired))
             rows = list(zip(jobs, outcomes, expired, strict=True))
             if any(expired) and not refreshed:
                 self._deliverer.invalidate(credentials)
@@ -568,15 +643,32 @@ class Scheduler(Generic[C]):
                 jobs
             )
 
-    def _record_health(self, destination_id: str, outcomes: list[Outcome], credentials_refused: bool) -> None:
+    def _record_health(
+        self, destination_id: str, scope: str, outcomes: list[Outcome], credentials_refused: bool
+    ) -> None:
         """One breaker record per request: a failure when every row is to be retried (a refused token
         aside, which says nothing about the endpoint); a success when anything was answered, even a
         rejection; nothing for a rejection before any answer (an invalid URL, a refused target)."""
         now = self._clock().timestamp()
         if all(o.verdict is Verdict.RETRY for o in outcomes) and not credentials_refused:
-            self._breakers.record(destination_id, False, now)
+            success = False
         elif any(o.http_status is not None for o in outcomes):
-            self._breakers.record(destination_id, True, now)
+            success = True
+        else:
+            return
+        breaker = self._breakers.get(destination_id, now, scope)
+        before = breaker.state
+        breaker.record(success, now)
+        after = breaker.state
+        if after is before:
+            return  # openings (a half-open round that failed too) and closings are what an operator needs
+        where = f"{destination_id}{scope}"
+        context = {"destination_id": destination_id, "kind": self._deliverer.name}
+        if after is BreakerState.OPEN:
+            wait = max((breaker.open_until or now) - now, 0.0)
+            log.warning("circuit breaker of %s open; next probe in %.1fs", where, wait, extra=context)
+        elif after is BreakerState.CLOSED:
+            log.info("circuit breaker of %s closed", where, extra=context)
 
     # --- verdicts ----------------------------------------------------------------------------------------
 
@@ -598,6 +690,9 @@ class Scheduler(Generic[C]):
         now = self._clock()
         # One draw per request: rows retried together come back together and go out as one batch again.
         draw = self._rand()
+        # Every row is decided before anything is awaited: a worker cancelled by drain() while one row
+        # is being reported must not leave its batch-mates, answered too, pending (sent again).
+        reports: list[asyncio.Task[None]] = []
         for job, outcome in results:
             first_attempt_at = job.first_attempt_at or now
             job.last_outcome = outcome
@@ -605,14 +700,26 @@ class Scheduler(Generic[C]):
             if isinstance(decision, RetryAt):
                 self._schedule(queue, job, decision.when)
             else:
-                await self._finalize(job, decision.result, outcome, now, first_attempt_at)
+                report = self._mark_final(job, decision.result, outcome, now, first_attempt_at)
+                if report is not None:
+                    reports.append(report)
+        if reports:
+            await asyncio.shield(asyncio.gather(*reports))
 
     async def _finalize(
         self, job: Job, result: FinalResult, outcome: Outcome, now: datetime, first_attempt_at: datetime
     ) -> None:
-        # Marked final before on_final runs, with no await in between: a resubmission from here on is ignored.
+        report = self._mark_final(job, result, outcome, now, first_attempt_at)
+        if report is not None:
+            await asyncio.shield(report)
+
+    def _mark_final(
+        self, job: Job, result: FinalResult, outcome: Outcome, now: datetime, first_attempt_at: datetime
+    ) -> asyncio.Task[None] | None:
+        """Final from now on (out of pending(), a resubmission ignored), and its report started; None if it was
+        final already."""
         if self._jobs.pop(job.postback_id, None) is None:
-            return
+            return None
         job.last_outcome = outcome
         if self._remembered_finals:
             self._finished[job.postback_id] = None
@@ -627,18 +734,20 @@ class Scheduler(Generic[C]):
             first_attempt_at=first_attempt_at,
             finished_at=now,
         )
-        # Reported in its own task, shielded: cancelling a worker in drain() must not cut off the
+        # Reported in its own task, awaited shielded: cancelling a worker in drain() must not cut off the
         # record of a postback the destination already has. The worker still waits for it, so a slow
         # on_final (a producer under back-pressure) slows this destination's deliveries down.
         report = asyncio.create_task(self._report(final), name=f"postback-final:{job.postback_id}")
         self._reports.add(report)
         report.add_done_callback(self._reports.discard)
-        await asyncio.shield(report)
+        return report
 
     async def _report(self, final: FinalOutcome) -> None:
         try:
             await self._on_final(final)
         except Exception:
-            # The caller commits its Kafka offset only after on_final returns, so a failed report is
-            # redelivered after a restart; here it is logged and the worker carries on.
+            # The postback's durable state stays what on_final left it (the dispatcher: pending, or decided
+            # once the answer is recorded), which the partition's next owner resumes; here it is logged and
+            # counted, and the worker carries on.
             log.exception("on_final failed for postback %s", final.postback.get("postback_id"))
+            self._task_failed("report")

@@ -49,7 +49,9 @@ COUNTERS = {
     "postback_dead_letter_total",
     "postback_delivery_attempts_total",
     "postback_duplicates_skipped_total",
+    "postback_dispatch_task_failures_total",
     "postback_kafka_retries_total",
+    "postback_kafka_unwritable_records_total",
     "postback_api_requests_total",
     "postback_intake_total",
 }
@@ -58,6 +60,7 @@ GAUGES = {
     "postback_offer_sources",
     "postback_deliveries_pending",
     "postback_circuit_open",
+    "postback_dispatch_paused",
     "postback_consumer_lag",
     "postback_ready",
     "postback_build_info",

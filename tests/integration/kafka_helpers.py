@@ -59,6 +59,8 @@ class WorkerProcess:
     log_path: Path
     command: tuple[str, ...] = ("worker",)
     process: subprocess.Popen[bytes] | None = None
+    # what `python -m` runs: the command line, or a test-only launcher around it (crashpoint_dispatch)
+    module: str = "postback_router.cli"
     exits: list[int] = field(default_factory=list)
     http_port: int = 0
 
@@ -96,7 +98,7 @@ class WorkerProcess:
         self.env = {**self.env, "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(self.http_port)}
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "postback_router.cli", *self.command],
+            [sys.executable, "-m", self.module, *self.command],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -170,9 +172,14 @@ class Deployment:
         self.workers.append(worker)
         return worker
 
-    def start_dispatcher(self, kind: str = "s2s") -> WorkerProcess:
+    def start_dispatcher(
+        self, kind: str = "s2s", *, module: str = "postback_router.cli", env: dict[str, str] | None = None
+    ) -> WorkerProcess:
         dispatcher = WorkerProcess(
-            self.env(), self.tmp_path / f"dispatch-{len(self.workers)}.log", command=("dispatch", "--kind", kind)
+            {**self.env(), **(env or {})},
+            self.tmp_path / f"dispatch-{len(self.workers)}.log",
+            command=("dispatch", "--kind", kind),
+            module=module,
         ).start()
         self.workers.append(dispatcher)
         return dispatcher

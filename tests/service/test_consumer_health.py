@@ -127,6 +127,32 @@ async def test_unassigned_partitions_never_shown_are_not_a_problem() -> None:
     assert lag_series(registry) == {}
 
 
+async def test_one_lag_gauge_shared_by_a_consumer_per_kind_shows_every_kind() -> None:
+    """`dispatch --kind all`: the kinds' members share one ConsumerLag, each refreshing with its own consumer.
+    A refresh removes only the series its own consumer showed and no longer owns."""
+    registry = CollectorRegistry()
+    gauge = ConsumerLag(registry)
+    kinds = ("s2s", "google_ads", "meta", "tiktok", "microsoft_ads")
+    consumers = {
+        kind: FakeConsumer(
+            {TopicPartition(f"postbacks.{kind}", p): 10 + p for p in range(2)},
+            {TopicPartition(f"postbacks.{kind}", p): 10 for p in range(2)},
+        )
+        for kind in kinds
+    }
+    for _ in range(2):  # the refresh loops interleave
+        for consumer in consumers.values():
+            await gauge.refresh(consumer)  # type: ignore[arg-type]
+    expected = {(f"postbacks.{kind}", str(p)): float(p) for kind in kinds for p in range(2)}
+    assert lag_series(registry) == expected
+
+    consumers["meta"].assigned = {TopicPartition("postbacks.meta", 0)}  # meta's partition 1 moved away
+    for consumer in consumers.values():
+        await gauge.refresh(consumer)  # type: ignore[arg-type]
+    del expected[("postbacks.meta", "1")]
+    assert lag_series(registry) == expected
+
+
 @pytest.mark.parametrize(
     "error", [IllegalStateError("Partition conversions-0 is not assigned"), AssertionError()], ids=["illegal", "assert"]
 )

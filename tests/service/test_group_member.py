@@ -9,13 +9,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError
 from prometheus_client import CollectorRegistry
 
+from service import group_member
 from service.consumer_health import ConsumerLag, KafkaHealth
 from service.group_member import GroupMember
-from service.ops_http import Readiness
+from service.ops_http import Liveness, Readiness, add_ops_routes
 from service.settings import load_settings
 
 P0 = TopicPartition("conversions", 0)
@@ -54,12 +57,18 @@ class FakeStore:
         self.release_restore = asyncio.Event()
         self.release_restore.set()
         self.fail_restore = False
+        self.fail_times = 0  # the next assign calls that fail before one succeeds
+        self.failures = 0
+        self.failed = asyncio.Event()
         self.applied: list[tuple[int, bytes, bytes | None, int]] = []
 
     async def assign(self, partitions: set[int]) -> None:
         self.restore_started.set()
         await self.release_restore.wait()
-        if self.fail_restore:
+        if self.fail_restore or self.fail_times > 0:
+            self.fail_times -= 1
+            self.failures += 1
+            self.failed.set()
             raise ConnectionError("broker went away")
         self.partitions |= partitions
         self.events.add("restored", sorted(partitions))
@@ -189,8 +198,11 @@ async def test_readyz_fails_while_a_batch_holds_the_lock_at_the_assignment() -> 
 async def test_a_failed_restore_stays_not_ready_and_its_partitions_are_neither_handled_nor_committed() -> None:
     h = Harness()
     h.store.fail_restore = True
+    assignment = asyncio.create_task(h.member.on_assigned({P0}))
+    await h.store.failed.wait()  # retried until it succeeds, or until a stop, which gives up
+    h.member.stop()
     with pytest.raises(ConnectionError):  # aiokafka logs what its rebalance listener raises
-        await h.member.on_assigned({P0})
+        await assignment
     assert h.readiness.checks()["state"] is False
     await h.member.handle_fetched({P0: [Record(5)]})
     assert h.events.names() == []  # no handle, no commit: the records are read again after the next assignment
@@ -247,3 +259,67 @@ async def test_write_changelog_applies_each_change_after_its_acknowledgement_at_
     assert h.store.applied == [(0, b"a", b"1", 100), (3, b"b", None, 101)]
     await h.member.write_changelog(h.store, [], "writing nothing")
     assert len(h.store.applied) == 2
+
+
+async def test_a_failed_restore_is_retried_with_backoff_then_its_partition_is_handled(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(group_member, "RESTORE_RETRY_INITIAL_SECONDS", 0.01, raising=False)
+    h = Harness()
+    h.store.fail_times = 2
+    assignment = asyncio.create_task(h.member.on_assigned({P0}))
+    await h.store.failed.wait()
+    # not ready meanwhile, and /readyz says why
+    assert h.readiness.checks()["state"] is False
+    reason = h.readiness.reasons()["state"]
+    assert "app-changelog partitions [0]" in reason and "ConnectionError: broker went away" in reason, reason
+    assert "retrying in" in reason
+    # records fetched meanwhile wait for the restore (the partition is not processed before it)
+    fetched = asyncio.create_task(h.member.handle_fetched({P0: [Record(5), Record(6)]}))
+    await assignment
+    await fetched
+    assert h.store.failures == 2
+    assert h.readiness.ready and h.readiness.reasons() == {}
+    assert h.events.items == [
+        ("restored", [0]),
+        ("assigned", {P0}),
+        ("handle", {P0: [5, 6]}),
+        ("commit", {P0: 7}),
+    ]
+    delays = [r.getMessage().rsplit("retrying in ", 1)[1] for r in caplog.records if "retrying in" in r.getMessage()]
+    assert delays == ["0.01s", "0.02s"], "the delay doubles"
+
+
+async def test_a_loop_with_work_that_completes_no_batch_fails_healthz_after_the_stall_timeout() -> None:
+    """A batch retried forever (here: a handler that never returns) fails /healthz once STALL_TIMEOUT is over;
+    an idle loop and one completing its batches do not."""
+    h = Harness()
+    liveness = Liveness(stall_timeout_seconds=0.2)
+    h.member._liveness = liveness
+    app = web.Application()
+    add_ops_routes(app, CollectorRegistry(), h.readiness, liveness)
+    await h.member.on_assigned({P0})
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        assert (await client.get("/healthz")).status == 200  # idle
+        await h.member.handle_fetched({P0: [Record(1)]})
+        assert (await client.get("/healthz")).status == 200  # a batch completed
+        release = asyncio.Event()
+
+        async def stuck(batch: Mapping[TopicPartition, list[Any]]) -> None:
+            await release.wait()
+
+        h.app.handle = stuck  # type: ignore[method-assign]
+        batch = asyncio.create_task(h.member.handle_fetched({P0: [Record(2)]}))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while (response := await client.get("/healthz")).status == 200:
+            assert loop.time() < deadline, "/healthz never failed"
+            await asyncio.sleep(0.02)
+        assert response.status == 503
+        body = await response.json()
+        assert body["status"] == "stalled"
+        assert "consumer has had work for" in body["reason"] and "STALL_TIMEOUT=0.2s" in body["reason"]
+        assert set(body["stalled"]) == {"consumer"}
+        release.set()
+        await batch
+        assert (await client.get("/healthz")).status == 200

@@ -17,6 +17,7 @@ from postback_router.embedded_broker import free_loopback_port
 from schemas.version import __version__
 from service.ops_http import (
     ListenError,
+    Liveness,
     OpsServer,
     Readiness,
     add_ops_routes,
@@ -65,6 +66,50 @@ def test_checks_returns_a_copy() -> None:
     assert not readiness.ready
 
 
+def test_a_failing_check_can_say_why_until_it_is_set_again() -> None:
+    readiness = Readiness(CollectorRegistry(), ["kafka", "state"])
+    readiness.set("state", False, "restoring app-changelog partitions [0] failed (ConnectionError); retrying in 1s")
+    assert readiness.reasons() == {
+        "state": "restoring app-changelog partitions [0] failed (ConnectionError); retrying in 1s"
+    }
+    readiness.set("state", False)  # failing still, no reason given now
+    assert readiness.reasons() == {}
+    readiness.set("state", True, "ignored: the check holds")
+    assert readiness.reasons() == {}
+
+
+# --- Liveness -----------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_loop_is_stalled_once_it_has_had_work_longer_than_the_stall_timeout() -> None:
+    clock = FakeClock()
+    liveness = Liveness(stall_timeout_seconds=60, clock=clock)
+    assert liveness.stalled() == {}
+    clock.now += 3600  # idle for an hour: not stalled, there was nothing to do
+    assert liveness.stalled() == {}
+    liveness.busy("consumer:s2s")
+    clock.now += 30
+    liveness.busy("consumer:s2s")  # still the same work: the clock does not restart
+    liveness.busy("consumer:meta")
+    clock.now += 30
+    assert liveness.stalled() == {}  # exactly the timeout is not over it
+    clock.now += 1
+    assert liveness.stalled() == {"consumer:s2s": 61}
+    liveness.done("consumer:s2s")  # a batch completed
+    assert liveness.stalled() == {}
+    clock.now += 30
+    assert liveness.stalled() == {"consumer:meta": 61}
+
+
+# --- new_registry -------------------------------------------------------------------------------------
 # --- new_registry -------------------------------------------------------------------------------------
 
 
@@ -146,6 +191,43 @@ async def test_readyz_names_the_failing_checks_then_200(
     assert await response.json() == {"ready": True, "checks": {"kafka": True, "state": True}}
     metrics = await (await client.get("/metrics")).text()
     assert "postback_ready 1.0" in metrics
+
+
+async def test_readyz_says_why_a_check_fails_when_it_was_told(
+    client: TestClient[web.Request, web.Application], readiness: Readiness
+) -> None:
+    readiness.set("kafka", True)
+    readiness.set("state", False, "restoring conversions [0, 1]")
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert await response.json() == {
+        "ready": False,
+        "checks": {"kafka": True, "state": False},
+        "reasons": {"state": "restoring conversions [0, 1]"},
+    }
+
+
+async def test_healthz_fails_naming_the_stalled_loop(registry: CollectorRegistry, readiness: Readiness) -> None:
+    clock = FakeClock()
+    liveness = Liveness(stall_timeout_seconds=120, clock=clock)
+    app = web.Application()
+    add_ops_routes(app, registry, readiness, liveness)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        liveness.busy("consumer")
+        clock.now += 120
+        response = await client.get("/healthz")
+        assert (response.status, await response.json()) == (200, {"status": "alive"})
+        clock.now += 5
+        response = await client.get("/healthz")
+        assert response.status == 503
+        assert await response.json() == {
+            "status": "stalled",
+            "reason": "consumer has had work for 125s without completing a batch (STALL_TIMEOUT=120s)",
+            "stalled": {"consumer": 125.0},
+        }
+        liveness.done("consumer")
+        response = await client.get("/healthz")
+        assert (response.status, await response.json()) == (200, {"status": "alive"})
 
 
 async def test_other_paths_are_404(client: TestClient[web.Request, web.Application]) -> None:

@@ -31,6 +31,7 @@ def test_defaults() -> None:
     assert s.batch_max_size == 1000
     assert s.session_timeout_seconds == 30
     assert s.heartbeat_interval_seconds == 3
+    assert s.stall_timeout_seconds == 300
     assert s.log_level == "INFO"
 
 
@@ -73,6 +74,7 @@ def test_default_topics() -> None:
         pytest.param({"FIRED_STATE_RETENTION": "1s"}, "fired_state_retention_seconds", 1, id="retention-minimum"),
         pytest.param({"FIRED_STATE_RETENTION": "7d"}, "fired_state_retention_seconds", 7 * 86_400, id="retention"),
         pytest.param({"FIRED_STATE_SWEEP_INTERVAL": "10m"}, "fired_state_sweep_interval_seconds", 600, id="sweep"),
+        pytest.param({"STALL_TIMEOUT": "90s"}, "stall_timeout_seconds", 90, id="stall-timeout"),
         pytest.param(
             {"KAFKA_SESSION_TIMEOUT": "45s", "KAFKA_HEARTBEAT_INTERVAL": "15s"},
             "heartbeat_interval_seconds",
@@ -140,6 +142,8 @@ def test_parse_duration_refuses(raw: str) -> None:
         ("FIRED_STATE_RETENTION", "500ms"),
         ("FIRED_STATE_SWEEP_INTERVAL", "hourly"),
         ("FIRED_STATE_SWEEP_INTERVAL", "0s"),
+        ("STALL_TIMEOUT", "0s"),
+        ("STALL_TIMEOUT", "never"),
         ("AUTO_CREATE_TOPICS", "maybe"),
         ("EMIT_EVALUATIONS", "2"),
         ("TOPIC_PARTITIONS", "0"),

@@ -260,3 +260,17 @@ def test_gauges_with_nothing_to_report(metrics: DispatcherMetrics) -> None:
     names = {family.name for family in metrics.registry.collect()}
     assert {"postback_deliveries_pending", "postback_circuit_open"} <= names
     assert metrics.registry.get_sample_value("postback_deliveries_pending", {"kind": "s2s"}) is None
+
+
+def test_back_pressure_gauge_and_task_failures(metrics: DispatcherMetrics) -> None:
+    """Issue 8, defect 5: a paused kind shows; a delivery task that failed is counted."""
+    paused = {"s2s": True, "meta": False}
+    metrics.registry.register(DispatcherGauges(list, list, paused=lambda: list(paused.items())))
+    registry = metrics.registry
+    assert registry.get_sample_value("postback_dispatch_paused", {"kind": "s2s"}) == 1
+    assert registry.get_sample_value("postback_dispatch_paused", {"kind": "meta"}) == 0
+    paused["s2s"] = False
+    assert registry.get_sample_value("postback_dispatch_paused", {"kind": "s2s"}) == 0
+    metrics.task_failures.labels("s2s", "delivery_worker").inc()
+    labels = {"kind": "s2s", "task": "delivery_worker"}
+    assert registry.get_sample_value("postback_dispatch_task_failures_total", labels) == 1

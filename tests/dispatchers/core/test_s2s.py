@@ -11,7 +11,7 @@ from devtools.fakes.s2s_sink import S2SSink
 from dispatchers.adapters.http_transport import AiohttpTransport
 from dispatchers.core.http import HttpRequest, HttpResponse
 from dispatchers.core.outcome import Outcome, Verdict
-from dispatchers.core.s2s import USER_AGENT, build_s2s_request, classify_s2s_response
+from dispatchers.core.s2s import USER_AGENT, build_s2s_request, classify_s2s_response, s2s_breaker_scope
 from dispatchers.engine.scheduler import deliver_s2s
 from schemas.version import __version__
 from tests.schemas.host_cases import CANONICAL_URLS, NON_CANONICAL_URLS
@@ -281,3 +281,27 @@ async def test_deliver_rejected_url_never_reaches_the_transport(sink: S2SSink, t
     outcome = await deliver_s2s(transport, postback(sink.url("/x?a=1\r\nHost: evil")), 2)
     assert outcome.reason == "invalid_url"
     assert sink.count() == 0
+
+
+# --- issue 8, defect 4: an S2S endpoint is a host and a path, each with its own breaker -------------------------
+
+
+@pytest.mark.parametrize(
+    ("template", "scope"),
+    [
+        pytest.param("https://pb.example.com/postback?clickid={clickid}", "/postback", id="path"),
+        pytest.param("https://pb.example.com/a/b.php?x=1#frag", "/a/b.php", id="no-query-no-fragment"),
+        pytest.param("https://pb.example.com/{sub1}/done?c={clickid}", "/{sub1}/done", id="macro-stays-a-macro"),
+        pytest.param("https://pb.example.com?c={clickid}", "/", id="no-path"),
+        pytest.param("https://pb.example.com/" + "x" * 500, "/" + "x" * 199, id="bounded"),
+    ],
+)
+def test_breaker_scope_is_the_rules_url_path(template: str, scope: str) -> None:
+    rendered = postback(template.replace("{clickid}", "c-1").replace("{sub1}", "per-click-value"))
+    rendered["entry"]["url"] = template
+    assert s2s_breaker_scope(rendered) == scope  # the template's path: never one breaker per click
+
+
+@pytest.mark.parametrize("entry", [None, {}, {"url": 7}, "not an object"])
+def test_breaker_scope_without_a_template_is_the_whole_host(entry: object) -> None:
+    assert s2s_breaker_scope({"url": "https://pb.example.com/x", "entry": entry}) == ""

@@ -23,6 +23,7 @@ from dispatchers.adapters.http_transport import AiohttpTransport
 from dispatchers.core.circuit_breaker import BreakerConfig, BreakerState, CircuitBreakers
 from dispatchers.core.http import HttpRequest, HttpResponse, Transport
 from dispatchers.core.retry_policy import RetryPolicy
+from dispatchers.core.s2s import s2s_breaker_scope
 from dispatchers.engine.rate_limiter import ConcurrencyLimits, RateLimiters
 from dispatchers.engine.scheduler import DeliveryScheduler
 from dispatchers.engine.scheduler_core import FinalOutcome
@@ -194,13 +195,17 @@ async def test_4xx_is_rejected_without_retry_and_is_no_breaker_failure(sink: S2S
     scheduler = make(finals, breakers=breakers)
     sink.fail_next(1, status=404)
     await scheduler.start()
-    scheduler.submit(matched(sink.url("/ok"), 1))
+    postback = matched(sink.url("/ok"), 1)
+    scheduler.submit(postback)
 
     [final] = await finals.wait_for(1)
     assert (final.result, final.attempts, final.last_outcome.http_status) == ("rejected", 1, 404)
     assert scheduler.pending() == []  # final: nothing left that could be retried
     assert sink.count() == 1
-    assert breakers.get("s2s:127.0.0.1", time.time()).failure_rate(time.time()) == 0.0
+    # S2S breakers are per path (the rule's path is the scope): the 404 was recorded, as no failure.
+    breaker = breakers.get("s2s:127.0.0.1", time.time(), s2s_breaker_scope(postback))
+    assert not breaker.is_idle(time.time())
+    assert breaker.failure_rate(time.time()) == 0.0
 
 
 async def test_gives_up_after_max_age_exactly_once(sink: S2SSink, make: MakeScheduler) -> None:
