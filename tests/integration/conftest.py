@@ -19,3 +19,12 @@ async def deployment(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Depl
         deployed.stop_all()
         for worker in deployed.workers:
             print(f"---- {worker.log_path.name} (exit codes {worker.exits})\n{worker.log_text()[-4000:]}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything here goes through the broker: marked `integration` whether or not its module says so,
+    so that `make test-later` reruns only the ones also marked `time_dependent`."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
