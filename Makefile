@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # needed when the package lists are there) into the venv: tests/deploy runs them on deploy/prometheus.
 TOOLS := $(VENV)/tools
 
-.PHONY: install tools demo test test-later test-unit test-integration test-deploy lint format bench clean
+.PHONY: install tools demo chaos test test-later test-unit test-integration test-deploy lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ tools: $(TOOLS)/.installed
 ## make demo: the whole job end to end on the embedded broker (or KAFKA_BOOTSTRAP_SERVERS)
 demo: $(STAMP)
 	$(BIN)/python -m devtools.demo
+
+## make chaos: crashes, a faulty S2S sink and hostile records against a reference model (minutes; not in
+## make test); CHAOS_ARGS='--conversions 1000' for a shorter run; writes chaos-report.json
+chaos: $(STAMP)
+	$(BIN)/python -m devtools.chaos $(CHAOS_ARGS)
 
 ## make test: the whole suite, then its time-dependent part as if it were 60 days later; starts the
 ## embedded broker when KAFKA_BOOTSTRAP_SERVERS is unset
