@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make bench` needs the `bench` extra too (faust-streaming, matplotlib): a stamp of its own, so that the
+# other targets never install it.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
 $(TOOLS)/.installed:
 	rm -rf $(TOOLS)
 	mkdir -p $(TOOLS)/deb $(TOOLS)/root $(TOOLS)/bin
@@ -35,10 +43,17 @@ tools: $(TOOLS)/.installed
 demo: $(STAMP)
 	$(BIN)/python -m devtools.demo
 
-## make chaos: crashes, a faulty S2S sink and hostile records against a reference model (minutes; not in
-## make test); CHAOS_ARGS='--conversions 1000' for a shorter run; writes chaos-report.json
+## make chaos: 100,000 conversions through two workers and two dispatchers that are SIGKILLed every 10-20 s,
+## failing destinations, hostile records and a rules change, against a reference model (minutes); writes
+## chaos-report.json. CHAOS_ARGS='--short' is the ~2-minute run that make test includes.
 chaos: $(STAMP)
 	$(BIN)/python -m devtools.chaos $(CHAOS_ARGS)
+
+## make bench: the service against plain-client baselines in the same run (~15 minutes; not in make test);
+## prints a table, writes bench-results.json and bench-latency.png. BENCH_ARGS='--quick' for a short run,
+## '--only matcher,latency' for some sections, '--repeats 3'
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m devtools.bench $(BENCH_ARGS)
 
 ## make test: the whole suite, then its time-dependent part as if it were 60 days later; starts the
 ## embedded broker when KAFKA_BOOTSTRAP_SERVERS is unset

@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from dispatchers.platforms.api_versions import DEFAULT_VERSIONS, SUNSETS
 
@@ -101,12 +102,14 @@ class FakeServer:
         self._script: deque[Failure] = deque()
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
+        # added before start(): e.g. devtools.chaos scripting failures around every request
+        self.middlewares: list[Middleware] = []
 
     def routes(self) -> list[web.RouteDef]:
         raise NotImplementedError
 
     async def start(self) -> str:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=self.middlewares)
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
