@@ -268,7 +268,10 @@ class Dispatcher:
         self._partition_of.pop(pid, None)
         self._count_final(final)
         postback = final.postback
-        log.info(
+        # One line per delivery would be most of the log and a measurable share of the CPU at volume
+        # (postback_deliveries_total counts them); a postback that failed is worth a line each.
+        log.log(
+            logging.DEBUG if final.result == "delivered" else logging.INFO,
             "postback %s after %d attempt(s): %s",
             final.result,
             final.attempts,
