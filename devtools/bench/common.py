@@ -44,6 +44,11 @@ _STARTED = time.monotonic()
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# Set to a directory, every service process runs under cProfile and leaves <name>.prof there (read them
+# with `python -m pstats`); its figures are then the profiled ones, slower, for finding where time goes.
+PROFILE_DIR_ENV = "BENCH_PROFILE_DIR"
+
+
 class HarnessError(RuntimeError):
     """The benchmark itself could not measure (a process died, never started, a broker error): exit non-zero."""
 
@@ -212,7 +217,10 @@ async def start_service(name: str, command: list[str], env: Mapping[str, str], w
     """`postback-router <command>` (as `python -m postback_router.cli`), its ops HTTP server on a free port."""
     port = free_loopback_port()
     full_env = {**env, "HTTP_HOST": "127.0.0.1", "HTTP_PORT": str(port)}
-    return await start_child(name, ["-m", "postback_router.cli", *command], full_env, workdir, http_port=port)
+    profile_dir = os.environ.get(PROFILE_DIR_ENV, "").strip()
+    profiler = ["-m", "cProfile", "-o", os.path.join(profile_dir, f"{name}.prof")] if profile_dir else []
+    args = [*profiler, "-m", "postback_router.cli", *command]
+    return await start_child(name, args, full_env, workdir, http_port=port)
 
 
 def service_env(bootstrap: str, prefix: str, app_id: str, state_dir: str, **extra: str) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Personal data in a chaos run has recognisable shapes (model.personal_data, the hostile records), so the
 scan looks for the shapes rather than for every value: raw, URL-encoded, JSON-escaped, and inside any
-base64 run (decoded at each alignment). Where data travels by design it is allowed: a client's IP on
+base64 run (decoded). Where data travels by design it is allowed: a client's IP on
 meta and tiktok postbacks and their dispatchers' state (those platforms match on it), and the S2S URL's
 credential with the S2S postback (its topic, its state, its dead-letter copy). Nothing else.
 """
@@ -29,6 +29,7 @@ PHONE = re.compile(rb"(?:\+|%2B)44(?: |%20|\+)?7911(?: |%20|\+)?\d{6}")
 IP = re.compile(rb"203\.0\.113\.\d{1,3}")
 EXTERNAL_ID = re.compile(rb"crm-cv-\d+")
 BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
+HEX_ONLY = re.compile(rb"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
@@ -39,21 +40,27 @@ class Scanned:
     may_carry_s2s_token: bool = False
 
 
-def _decoded_runs(data: bytes) -> Iterable[bytes]:
+def _decoded_runs(data: bytes) -> bytes:
+    """Every base64 run of `data` decoded, one per line. A run starts where its string does (after a quote
+    or any other character base64 does not use), so it is decoded from there; runs of hex digits only
+    (the SHA-256 hashes, most of what matches) cannot hold what the scan looks for and are skipped."""
+    decoded = []
     for run in BASE64_RUN.findall(data):
-        for start in range(4):
-            chunk = run[start:].rstrip(b"=")
-            chunk = chunk[: len(chunk) - len(chunk) % 4]
-            try:
-                yield base64.b64decode(chunk, validate=True)
-            except (binascii.Error, ValueError):
-                continue
+        if HEX_ONLY.fullmatch(run):
+            continue
+        body = run.rstrip(b"=")
+        body = body[: len(body) - len(body) % 4]
+        try:
+            decoded.append(base64.b64decode(body, validate=True))
+        except (binascii.Error, ValueError):
+            continue
+    return b"\n".join(decoded)
 
 
 def findings(item: Scanned, secrets: Iterable[str]) -> Counter[str]:
     """What leaked in one place: 'email', 'phone', 'ip', 'external_id', 'secret:<first chars>', 's2s_token'."""
     found: Counter[str] = Counter()
-    views = [item.data, *_decoded_runs(item.data)]
+    views = [item.data, _decoded_runs(item.data)]
     patterns = {"email": EMAIL, "phone": PHONE, "external_id": EXTERNAL_ID}
     if not item.may_carry_ip:
         patterns["ip"] = IP

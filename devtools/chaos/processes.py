@@ -45,6 +45,11 @@ class Processes:
     dispatcher_kills: list[float] = field(default_factory=list)  # time.monotonic() of each SIGKILL
     events: list[str] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    t0: float = 0.0
+
+    def note(self, text: str) -> None:
+        """An event of the run, with its time since sending began (t0)."""
+        self.events.append(f"[{time.monotonic() - self.t0:.0f}s] {text}")
 
     def state_dir(self, name: str) -> str:
         return os.path.join(self.workdir, "state", name)
@@ -97,7 +102,7 @@ class Processes:
             shutil.rmtree(self.state_dir(name), ignore_errors=True)
             shutil.copytree(stale_copy, self.state_dir(name))
         self.start(name)
-        self.events.append(f"SIGKILL {name}, restarted on {state} state")
+        self.note(f"SIGKILL {name}, restarted on {state} state")
 
     def snapshot(self, name: str) -> str:
         """A copy of a stopped process's state directory, to put back later as stale state."""
@@ -117,14 +122,14 @@ class Processes:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-                self.events.append(f"SIGTERM {name}: still running after {timeout:.0f}s, killed")
+                self.note(f"SIGTERM {name}: still running after {timeout:.0f}s, killed")
         return time.monotonic() - began
 
     def restart_exited(self) -> list[str]:
         """Processes that exited on their own (a crash) are restarted too, and named in the progress line."""
         exited = [name for name, process in self.running.items() if process.poll() is not None]
         for name in exited:
-            self.events.append(f"{name} exited on its own with status {self.running[name].returncode}")
+            self.note(f"{name} exited on its own with status {self.running[name].returncode}")
             self.start(name)
         return exited
 

@@ -33,6 +33,7 @@ class Outcome:
     unexpected_exits: int
     peak_rss_mb: dict[str, float]
     outage_until: float
+    started_at: float  # time.monotonic() when sending began
     duration_s: float
     completed: bool
     events: list[str]
@@ -40,14 +41,22 @@ class Outcome:
 
 def after_ack_repeats(accepted: dict[str, list[float]], dispatcher_kills: list[float]) -> int:
     """Repeats of a request whose earlier copy had been answered while no dispatcher was dying."""
-    repeats = 0
-    for times in accepted.values():
+    return len(after_ack_cases(accepted, dispatcher_kills))
+
+
+def after_ack_cases(accepted: dict[str, list[float]], dispatcher_kills: list[float]) -> list[tuple[str, float, float]]:
+    """(postback_id, the earlier answer's time, seconds from it to the nearest dispatcher SIGKILL) of each
+    repeat after an acknowledged answer."""
+    cases = []
+    for pid, times in accepted.items():
         for earlier in sorted(times)[:-1]:
             in_flight = any(
                 earlier - IN_FLIGHT_AFTER_S <= kill <= earlier + IN_FLIGHT_BEFORE_S for kill in dispatcher_kills
             )
-            repeats += not in_flight
-    return repeats
+            if not in_flight:
+                nearest = min((kill - earlier for kill in dispatcher_kills), key=abs, default=float("inf"))
+                cases.append((pid, earlier, nearest))
+    return cases
 
 
 def drain_seconds(
@@ -95,6 +104,15 @@ def summarise(
         "duplicates_same_key": sum(repeats.values()) - unkeyed,
         "duplicates_unkeyed": unkeyed,
         "duplicates_after_ack": after_ack_repeats(ledger.accepted, out.dispatcher_kills),
+        "after_ack_cases": [
+            {
+                "postback_id": pid,
+                "destination": ledger.destination_of[pid],
+                "answered_at_s": round(at - out.started_at, 1),
+                "nearest_kill_s": round(gap, 1),
+            }
+            for pid, at, gap in after_ack_cases(ledger.accepted, out.dispatcher_kills)[:20]
+        ],
         "destination_requests": dict(ledger.requests),
         "destination_answers": {
             d: {str(status): n for status, n in sorted(a.items())} for d, a in ledger.answers.items()
@@ -137,7 +155,7 @@ def targets(report: dict[str, Any], min_kills: int) -> dict[str, tuple[str, bool
 def table(report: dict[str, Any], verdicts: dict[str, tuple[str, bool]]) -> list[str]:
     lines = [f"{'measure':<28} {'value':>14}   target", "-" * 78]
     for name, value in report.items():
-        if name in ("events", "leaks"):
+        if name in ("events", "leaks", "after_ack_cases"):
             continue
         shown = orjson.dumps(value).decode() if isinstance(value, dict) else str(value)
         verdict = ""

@@ -190,6 +190,7 @@ async def run_chaos(options: RunOptions) -> bool:
             unexpected_exits=driver.unexpected_exits,
             peak_rss_mb=processes.peak_rss_mb,
             outage_until=schedule.outage_until,
+            started_at=driver.started_at,
             duration_s=time.monotonic() - started,
             completed=completed,
             events=processes.events,
@@ -206,6 +207,8 @@ async def run_chaos(options: RunOptions) -> bool:
             say(line)
         failed = [name for name, (_, ok) in verdicts.items() if not ok]
         say("chaos: PASS" if not failed else f"chaos: FAIL ({', '.join(failed)})")
+        if report["after_ack_cases"]:
+            say(f"repeats after an answer: {orjson.dumps(report['after_ack_cases']).decode()}")
         if report["leaks"]:
             say(f"leaks: {orjson.dumps(report['leaks']).decode()}")
         say(f"report: {options.report_path}" + ("" if not failed else f"; logs kept in {workdir}"))
@@ -281,6 +284,7 @@ class Driver:
     options: RunOptions
     sink_urls: list[str]
     sent_at: list[float] = field(default_factory=list)
+    started_at: float = 0.0
     rules_changed_at: float = float("inf")
     sigterms: int = 0
     unexpected_exits: int = 0
@@ -290,7 +294,7 @@ class Driver:
     async def drive(self) -> bool:
         """Send the records over `seconds` while the events happen, then wait for every expected result."""
         seconds = self.options.seconds
-        start = time.monotonic()
+        start = self.started_at = self.processes.t0 = time.monotonic()
         self.faults.outage_from = start + 0.35 * seconds
         self.faults.outage_until = self.faults.outage_from + self.options.outage_s
         kill_until = seconds + max(30.0, self.options.outage_s)
@@ -342,14 +346,14 @@ class Driver:
             processes.sigkill(event.process)
             self.stale_copies[event.process] = processes.snapshot(event.process)
             processes.start(event.process)
-            processes.events.append(f"SIGKILL {event.process}, state copied for a stale restart later, restarted")
+            processes.note(f"SIGKILL {event.process}, state copied for a stale restart later, restarted")
         elif event.action in ("stale", "emptied"):
             processes.kill_and_restart(event.process, event.action, self.stale_copies.get(event.process))
         elif event.action == "rules":
             changed = [(c, rule_document(c, entries, self.sink_urls)) for c, entries in self.plan.changed.items()]
             await produce(self.bootstrap, self.topics.campaign_rules, changed)
             self.rules_changed_at = time.monotonic()
-            processes.events.append(f"rules of {len(changed)} campaigns changed")
+            processes.note(f"rules of {len(changed)} campaigns changed")
         elif event.action == "rebalance_sigterm":
             other = next(n for n in PROCESSES if n.startswith("dispatcher") and n != event.process)
             processes.kill_and_restart(other)  # its return to the group starts a rebalance
@@ -363,5 +367,5 @@ class Driver:
         took = await asyncio.to_thread(self.processes.sigterm, name)
         self.sigterms += 1
         self.processes.start(name)
-        self.processes.events.append(f"SIGTERM {name} during the rebalance: exited in {took:.1f}s, restarted")
+        self.processes.note(f"SIGTERM {name} during the rebalance: exited in {took:.1f}s, restarted")
         say(f"  {self.processes.events[-1]}")
