@@ -32,6 +32,7 @@ from service.topics import ensure_topics
 PROGRESS_EVERY = 5.0
 S2S_SOURCES = 8
 RULES_SETTLE_S = 10.0  # a record sent this long after the rules changed is evaluated under the new ones
+RECHECK_BELOW = 20  # unfinished postbacks left when the results are read again in full
 PROCESSES = {
     "worker-1": ("worker",),
     "worker-2": ("worker",),
@@ -85,6 +86,12 @@ class ResultsFollower:
                             self.finished.add(result["postback_id"])
         finally:
             await consumer.stop()
+
+    async def reread(self) -> None:
+        for record in await read_topic(self.bootstrap, self.topic):
+            result = record.json()
+            if result["result"] in ("delivered", "rejected", "dead_lettered"):
+                self.finished.add(result["postback_id"])
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -322,6 +329,11 @@ class Driver:
                     RULES_SETTLE_S,
                 )
                 done = len(expect.must.keys() & self.follower.finished)
+                if len(self.sent_at) == len(records) and 0 < len(expect.must) - done <= RECHECK_BELOW:
+                    # The live follower can stay short of a record the embedded broker has (seen once in
+                    # 160,000): the last few are looked for with a full read before anyone waits on them.
+                    await self.follower.reread()
+                    done = len(expect.must.keys() & self.follower.finished)
                 outage = "  OUTAGE" if self.faults.in_outage(now) else ""
                 say(
                     f"[{now - start:5.0f}s] sent {len(self.sent_at)}/{len(records)}  finished {done}/{len(expect.must)}"
