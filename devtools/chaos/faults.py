@@ -71,15 +71,17 @@ class Ledger:
 class ChaosSink:
     """The S2S traffic sources: `/s2s/<entry>?cid=&st=&ty=` identifies the postback (its id's inputs)."""
 
-    def __init__(self, schedule: FaultSchedule, ledger: Ledger) -> None:
+    def __init__(self, schedule: FaultSchedule, ledger: Ledger, control: list[web.RouteDef] | None = None) -> None:
         self.schedule = schedule
         self.ledger = ledger
+        self.control = control or []  # extra routes (sink_process.py: the outage, the ledger)
         self._runner: web.AppRunner | None = None
 
     async def start(self, sources: int) -> list[str]:
         """Listen on `sources` ports (a traffic source each, with its own limits in the dispatcher)."""
         app = web.Application()
         app.router.add_route("*", "/s2s/{entry}", self._handle)
+        app.add_routes(self.control)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         urls = []

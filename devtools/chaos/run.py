@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import random
@@ -18,11 +19,12 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from devtools.chaos import leaks
-from devtools.chaos.faults import ChaosSink, FaultSchedule, Ledger, add_faults
+from devtools.chaos.faults import FaultSchedule, Ledger, add_faults
 from devtools.chaos.model import OFFER_SOURCES, Plan, expectations, fired_by, make_plan, rule_document
 from devtools.chaos.processes import Processes
 from devtools.chaos.report import Outcome, summarise, table, targets
 from devtools.chaos.schedule import Event, make_schedule
+from devtools.chaos.sink_process import RemoteSink, merge_ledger
 from devtools.demo import DemoPlatforms
 from postback_router.embedded_broker import kafka_for_local_use
 from service.kafka_io import partitions_of, produce, read_topic
@@ -125,7 +127,7 @@ async def run_chaos(options: RunOptions) -> bool:
         plan = make_plan(rng, options.conversions, options.campaigns, options.hostile_share, options.change_share)
         schedule = FaultSchedule(random.Random(options.seed + 1))
         ledger = Ledger()
-        sink = ChaosSink(schedule, ledger)
+        sink = RemoteSink(options.seed + 2)
         sink_urls = await sink.start(S2S_SOURCES)
         platforms = DemoPlatforms()
         platform_faults(platforms, plan, schedule, ledger)
@@ -170,13 +172,15 @@ async def run_chaos(options: RunOptions) -> bool:
         processes.start_all()
         follower = ResultsFollower(bootstrap, topics.results)
         await follower.start()
-        driver = Driver(bootstrap, topics, plan, processes, schedule, follower, options, sink_urls)
+        driver = Driver(bootstrap, topics, plan, processes, schedule, follower, options, sink)
         try:
             completed = await driver.drive()
         finally:
             await follower.stop()
             processes.stop_all()
-            await sink.stop()
+            with contextlib.suppress(Exception):  # a sink that died is seen below as requests missing
+                merge_ledger(ledger, await sink.ledger())
+            sink.stop()
             await platforms.stop()
         say("reading back every topic and log")
         results = [r.json() for r in await read_topic(bootstrap, topics.results)]
@@ -198,6 +202,7 @@ async def run_chaos(options: RunOptions) -> bool:
             peak_rss_mb=processes.peak_rss_mb,
             outage_until=schedule.outage_until,
             started_at=driver.started_at,
+            driver_max_loop_lag_s=driver.max_loop_lag_s,
             duration_s=time.monotonic() - started,
             completed=completed,
             events=processes.events,
@@ -289,9 +294,10 @@ class Driver:
     faults: FaultSchedule
     follower: ResultsFollower
     options: RunOptions
-    sink_urls: list[str]
+    sink: RemoteSink
     sent_at: list[float] = field(default_factory=list)
     started_at: float = 0.0
+    max_loop_lag_s: float = 0.0  # how late this process's event loop woke: the platform fakes' clock lags as much
     rules_changed_at: float = float("inf")
     sigterms: int = 0
     unexpected_exits: int = 0
@@ -304,6 +310,7 @@ class Driver:
         start = self.started_at = self.processes.t0 = time.monotonic()
         self.faults.outage_from = start + 0.35 * seconds
         self.faults.outage_until = self.faults.outage_from + self.options.outage_s
+        await self.sink.set_outage(self.faults.outage_from, self.faults.outage_until)
         kill_until = seconds + max(30.0, self.options.outage_s)
         events = make_schedule(self.processes.rng, seconds, kill_until, sorted(PROCESSES))
         records = self.plan.records
@@ -348,7 +355,9 @@ class Driver:
                 if now > deadline:
                     say(f"deadline reached with {len(expect.must) - done} expected postbacks unfinished")
                     return False
+            slept = time.monotonic()
             await asyncio.sleep(0.2)
+            self.max_loop_lag_s = max(self.max_loop_lag_s, time.monotonic() - slept - 0.2)
 
     async def happen(self, event: Event) -> None:
         processes = self.processes
@@ -362,7 +371,7 @@ class Driver:
         elif event.action in ("stale", "emptied"):
             processes.kill_and_restart(event.process, event.action, self.stale_copies.get(event.process))
         elif event.action == "rules":
-            changed = [(c, rule_document(c, entries, self.sink_urls)) for c, entries in self.plan.changed.items()]
+            changed = [(c, rule_document(c, entries, self.sink.urls)) for c, entries in self.plan.changed.items()]
             await produce(self.bootstrap, self.topics.campaign_rules, changed)
             self.rules_changed_at = time.monotonic()
             processes.note(f"rules of {len(changed)} campaigns changed")

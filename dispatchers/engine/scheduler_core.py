@@ -690,9 +690,9 @@ class Scheduler(Generic[C]):
         now = self._clock()
         # One draw per request: rows retried together come back together and go out as one batch again.
         draw = self._rand()
-        # Every row is decided, and its report started, without awaiting anything: a worker cancelled by
-        # drain() must not leave a batch-mate, answered too, pending (sent again). The reports go on in
-        # their own tasks (see _mark_final): the worker takes its next request now.
+        # Every row is decided before anything is awaited: a worker cancelled by drain() while one row
+        # is being reported must not leave its batch-mates, answered too, pending (sent again).
+        reports: list[asyncio.Task[None]] = []
         for job, outcome in results:
             first_attempt_at = job.first_attempt_at or now
             job.last_outcome = outcome
@@ -700,12 +700,18 @@ class Scheduler(Generic[C]):
             if isinstance(decision, RetryAt):
                 self._schedule(queue, job, decision.when)
             else:
-                self._mark_final(job, decision.result, outcome, now, first_attempt_at)
+                report = self._mark_final(job, decision.result, outcome, now, first_attempt_at)
+                if report is not None:
+                    reports.append(report)
+        if reports:
+            await asyncio.shield(asyncio.gather(*reports))
 
     async def _finalize(
         self, job: Job, result: FinalResult, outcome: Outcome, now: datetime, first_attempt_at: datetime
     ) -> None:
-        self._mark_final(job, result, outcome, now, first_attempt_at)
+        report = self._mark_final(job, result, outcome, now, first_attempt_at)
+        if report is not None:
+            await asyncio.shield(report)
 
     def _mark_final(
         self, job: Job, result: FinalResult, outcome: Outcome, now: datetime, first_attempt_at: datetime
@@ -728,12 +734,9 @@ class Scheduler(Generic[C]):
             first_attempt_at=first_attempt_at,
             finished_at=now,
         )
-        # Reported in its own task, not awaited by the worker: cancelling a worker in drain() must not cut
-        # off the record of a postback the destination already has, and a destination's concurrency is
-        # spent on requests, not on the three acknowledged Kafka writes of a report (waiting for them
-        # capped a destination at concurrency / (request + 3 round trips)). What bounds the reports in
-        # flight is the caller's: the dispatcher stops fetching at DISPATCH_MAX_PENDING postbacks not
-        # final, and drain() waits for every report.
+        # Reported in its own task, awaited shielded: cancelling a worker in drain() must not cut off the
+        # record of a postback the destination already has. The worker still waits for it, so a slow
+        # on_final (a producer under back-pressure) slows this destination's deliveries down.
         report = asyncio.create_task(self._report(final), name=f"postback-final:{job.postback_id}")
         self._reports.add(report)
         report.add_done_callback(self._reports.discard)
