@@ -46,6 +46,7 @@ class Processes:
     events: list[str] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     t0: float = 0.0
+    stopping: set[str] = field(default_factory=set)  # being stopped on purpose: not a crash when it exits
 
     def note(self, text: str) -> None:
         """An event of the run, with its time since sending began (t0)."""
@@ -74,6 +75,7 @@ class Processes:
                 stdin=subprocess.DEVNULL,
             )
         self.started_at[name] = time.monotonic()
+        self.stopping.discard(name)
 
     def start_all(self) -> None:
         for name in self.commands:
@@ -115,6 +117,7 @@ class Processes:
         """A graceful stop; returns how long the process took to exit."""
         process = self.running[name]
         began = time.monotonic()
+        self.stopping.add(name)  # before the signal: restart_exited must not take its exit for a crash
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -127,7 +130,9 @@ class Processes:
 
     def restart_exited(self) -> list[str]:
         """Processes that exited on their own (a crash) are restarted too, and named in the progress line."""
-        exited = [name for name, process in self.running.items() if process.poll() is not None]
+        exited = [
+            name for name, process in self.running.items() if name not in self.stopping and process.poll() is not None
+        ]
         for name in exited:
             self.note(f"{name} exited on its own with status {self.running[name].returncode}")
             self.start(name)

@@ -361,6 +361,8 @@ class Driver:
 
     async def happen(self, event: Event) -> None:
         processes = self.processes
+        if event.process in processes.stopping:  # being SIGTERMed (sigterm_soon): left to finish its stop
+            return
         if event.action == "kill":
             processes.kill_and_restart(event.process)
         elif event.action == "snapshot":
@@ -385,6 +387,7 @@ class Driver:
         """SIGTERM `name` while the rebalance is under way (the restarted member has joined), off the
         sending loop, and start it again once it has exited."""
         await asyncio.sleep(2.0)
+        self.processes.stopping.add(name)  # from now on no kill and no crash restart touches it
         took = await asyncio.to_thread(self.processes.sigterm, name)
         self.sigterms += 1
         self.processes.start(name)
