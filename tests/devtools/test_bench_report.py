@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from itertools import islice
 
 import orjson
@@ -233,7 +234,7 @@ def test_minimal_evaluation_follows_the_conditions() -> None:
         "conversion_id": "cv-1",
         "click_id": "a b&c",
         "campaign_id": "c1",
-        "occurred_at": "2026-01-01T00:00:00Z",
+        "occurred_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "type": "deposit",
         "offer_source_id": "os-p",
         "payout": "20",

@@ -78,7 +78,12 @@ async def test_rows_answered_together_are_all_final_when_a_drain_cuts_the_worker
     while not reported:
         await asyncio.sleep(0.005)
     drain = asyncio.create_task(scheduler.drain(0.05))  # cuts the worker while the first report waits
-    await asyncio.sleep(0.2)
+    workers = [task for queue in scheduler._queues.values() for task in queue.workers]
+    assert workers
+    deadline = asyncio.get_running_loop().time() + 5
+    while not all(task.done() for task in workers):  # the drain has cut the worker: the case under test
+        assert asyncio.get_running_loop().time() < deadline, "drain() never cancelled the worker"
+        await asyncio.sleep(0.005)
     first_report_waits.set()
     pending = await drain
     # All three were answered in one request: none may be written back as pending (sent again).
