@@ -23,7 +23,7 @@ from devtools.bench.common import (
     start_service,
     write_records,
 )
-from devtools.bench.report import Throughput, busy_window, runs_detail, summarize
+from devtools.bench.report import Throughput, busy_window, describe, runs_detail, summarize
 from devtools.bench.workload import GOOGLE_SECRET, META_SECRET, campaign_id, conversions, matched_postbacks
 from devtools.demo import DemoPlatforms
 from postback_router.embedded_broker import kafka_for_local_use
@@ -80,7 +80,7 @@ async def run(ctx: Context) -> SectionResult:
             for kind in rotated(KINDS, repeat):
                 measured = await _run_kind(ctx, kind, repeat, bootstrap, total)
                 runs[kind].append(measured)
-                say(f"dispatch_batch: repeat {repeat + 1}/{ctx.repeats} {kind:<10} {_describe(measured)}")
+                say(f"dispatch_batch: repeat {repeat + 1}/{ctx.repeats} {kind:<10} {describe(measured, 'rows')}")
     result = SectionResult()
     for kind in KINDS:
         result.figures[f"{kind}_rows_per_s"] = summarize(t.per_s if t else float("nan") for t in runs[kind])
@@ -119,12 +119,3 @@ async def _run_kind(ctx: Context, kind: str, repeat: int, bootstrap: str, total:
     finally:
         await platforms.stop()
     return busy_window(samples, total)
-
-
-def _describe(measured: Throughput | None) -> str:
-    if measured is None:
-        return "no work measured"
-    return (
-        f"{measured.per_s:7,.0f} rows/s  {measured.cpu_us_per_event:6.1f} µs CPU each "
-        f"({measured.events:,} in {measured.seconds:.1f}s)"
-    )

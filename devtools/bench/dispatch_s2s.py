@@ -23,7 +23,7 @@ from devtools.bench.common import (
     start_service,
     write_records,
 )
-from devtools.bench.report import Throughput, busy_window, pairwise_ratios, runs_detail, summarize
+from devtools.bench.report import Throughput, busy_window, describe, pairwise_ratios, runs_detail, summarize
 from devtools.bench.sink import BenchSink
 from devtools.bench.workload import conversions, matched_postbacks, single_s2s_campaigns
 from postback_router.embedded_broker import kafka_for_local_use
@@ -61,7 +61,8 @@ async def run(ctx: Context) -> SectionResult:
                         ctx, sink, variant, repeat, bootstrap, topics.postbacks["s2s"], topics.results, written
                     )
                     runs[variant].append(measured)
-                    say(f"dispatch_s2s: repeat {repeat + 1}/{ctx.repeats} {variant:<10} {_describe(measured)}")
+                    line = describe(measured, "postbacks")
+                    say(f"dispatch_s2s: repeat {repeat + 1}/{ctx.repeats} {variant:<10} {line}")
     finally:
         await sink.stop()
     rates = {v: [t.per_s if t else float("nan") for t in ts] for v, ts in runs.items()}
@@ -117,12 +118,3 @@ async def _run_variant(
     finally:
         await child.stop()
     return busy_window(samples, total)
-
-
-def _describe(measured: Throughput | None) -> str:
-    if measured is None:
-        return "no work measured"
-    return (
-        f"{measured.per_s:7,.0f} postbacks/s  {measured.cpu_us_per_event:6.1f} µs CPU each "
-        f"({measured.events:,} in {measured.seconds:.1f}s)"
-    )

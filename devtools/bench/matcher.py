@@ -38,7 +38,7 @@ from devtools.bench.common import (
     write_records,
 )
 from devtools.bench.minimal_rules import write_rules_file
-from devtools.bench.report import Throughput, busy_window, pairwise_ratios, runs_detail, summarize
+from devtools.bench.report import Throughput, busy_window, describe, pairwise_ratios, runs_detail, summarize
 from devtools.bench.workload import OFFER_SOURCES, campaign_documents, conversions, fired_share
 from postback_router.embedded_broker import kafka_for_local_use
 
@@ -84,7 +84,7 @@ async def run(ctx: Context) -> SectionResult:
                         ctx, session, variant, repeat, bootstrap, topics.conversions, rules_path, written
                     )
                     runs[variant].append(measured)
-                    say(f"matcher: repeat {repeat + 1}/{ctx.repeats} {variant:<11} {_describe(measured)}")
+                    say(f"matcher: repeat {repeat + 1}/{ctx.repeats} {variant:<11} {describe(measured, 'conversions')}")
     rates = {v: [t.per_s if t else float("nan") for t in ts] for v, ts in runs.items()}
     cpu = {v: [t.cpu_us_per_event if t else float("nan") for t in ts] for v, ts in runs.items()}
     figures = result.figures
@@ -153,12 +153,3 @@ async def _run_variant(
     finally:
         await child.stop()
     return busy_window(samples, total)
-
-
-def _describe(measured: Throughput | None) -> str:
-    if measured is None:
-        return "no work measured"
-    return (
-        f"{measured.per_s:9,.0f} conversions/s  {measured.cpu_us_per_event:6.1f} µs CPU each "
-        f"({measured.events:,} in {measured.seconds:.1f}s)"
-    )

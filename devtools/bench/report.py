@@ -74,6 +74,16 @@ def runs_detail(runs: Mapping[str, list[Throughput | None]]) -> dict[str, list[d
     }
 
 
+def describe(measured: Throughput | None, unit: str) -> str:
+    """A progress line's account of one measured run: rate, CPU per item, how much in how long."""
+    if measured is None:
+        return "no work measured"
+    return (
+        f"{measured.per_s:9,.0f} {unit}/s  {measured.cpu_us_per_event:6.1f} µs CPU each "
+        f"({measured.events:,} in {measured.seconds:.1f}s)"
+    )
+
+
 def busy_window(samples: Sequence[Sample], total: int | None = None) -> Throughput | None:
     """The rate while work was under way: from the first sample that had done some work to the last one
     that had not done all of it (`total`), so neither start-up nor the idle tail counts. With fewer than
