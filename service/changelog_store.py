@@ -26,9 +26,10 @@ topic ids, so a topic's identity is its name plus its content at that offset.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -294,7 +295,7 @@ class Changelog(Protocol):
         """The cluster id, and for each partition -> offset the partition's end and its first record from there."""
         ...
 
-    def read(self, topic: str, start: Mapping[int, int]) -> AsyncIterator[list[Record]]:
+    def read(self, topic: str, start: Mapping[int, int]) -> AsyncGenerator[list[Record], None]:
         """Every record of the partitions from their start offsets up to their current end, in batches."""
         ...
 
@@ -316,7 +317,7 @@ class KafkaChangelog:
         finally:
             await consumer.stop()
 
-    def read(self, topic: str, start: Mapping[int, int]) -> AsyncIterator[list[Record]]:
+    def read(self, topic: str, start: Mapping[int, int]) -> AsyncGenerator[list[Record], None]:
         tps = {TopicPartition(topic, p): offset for p, offset in start.items()}
         return read_partitions(self._bootstrap, list(tps), tps)
 
@@ -416,7 +417,7 @@ class ChangelogStore:
                 states[p] = self._open(p)
             start = await self._verified_start(states)
             restored = await self._restore(states, start)
-        except Exception:
+        except BaseException:  # cancelled too (a revocation during the restore): nothing stays open
             for state in states.values():
                 state.close()
             if self._metrics is not None:
@@ -472,16 +473,18 @@ class ChangelogStore:
 
     async def _restore(self, states: Mapping[int, PartitionState], start: Mapping[int, int]) -> int:
         restored = 0
-        async for batch in self._changelog.read(self.changelog_topic, start):
-            for record in batch:
-                state = states[record.partition]
-                if record.key is not None:
-                    if record.value is None:
-                        state.delete(record.key)
-                    else:
-                        state.put(record.key, record.value)
-                    restored += 1
-                state.set_last_applied(record.offset, record_digest(record.key, record.value))
+        # closed at once when cancelled, not when collected: its consumer stops
+        async with contextlib.aclosing(self._changelog.read(self.changelog_topic, start)) as batches:
+            async for batch in batches:
+                for record in batch:
+                    state = states[record.partition]
+                    if record.key is not None:
+                        if record.value is None:
+                            state.delete(record.key)
+                        else:
+                            state.put(record.key, record.value)
+                        restored += 1
+                    state.set_last_applied(record.offset, record_digest(record.key, record.value))
         return restored
 
     def revoke(self, partitions: set[int]) -> None:

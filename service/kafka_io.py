@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -232,7 +232,7 @@ class Record:
 
 async def read_partitions(
     bootstrap: str, partitions: list[TopicPartition], start: dict[TopicPartition, int] | None = None
-) -> AsyncIterator[list[Record]]:
+) -> AsyncGenerator[list[Record], None]:
     """Every record of `partitions` from `start` (default: the beginning) up to their current end, in batches.
 
     The end offsets alone are not enough: Tansu, the development broker, answers ListOffsets with

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,9 @@ class FakeChangelog:
         self.partitions: dict[int, list[tuple[bytes, bytes | None]]] = {}
         self.reads: list[dict[int, int]] = []
         self.fail_reads = 0
+        self.hold_reads: asyncio.Event | None = None  # set: a read waits after its first batch until it is set
+        self.held = asyncio.Event()
+        self.closed_reads = 0
 
     def append(self, partition: int, key: bytes, value: bytes | None) -> int:
         records = self.partitions.setdefault(partition, [])
@@ -125,14 +129,20 @@ class FakeChangelog:
                 found[p] = LivePartition(self.cluster_id, topic, p, len(records))
         return self.cluster_id, found
 
-    async def read(self, topic: str, start: Mapping[int, int]) -> AsyncIterator[list[Record]]:
+    async def read(self, topic: str, start: Mapping[int, int]) -> AsyncGenerator[list[Record], None]:
         self.reads.append(dict(start))
         if self.fail_reads:
             self.fail_reads -= 1
             raise ConnectionError("broker went away")
-        for p, offset in start.items():
-            records = self.partitions.get(p, [])
-            yield [Record(topic, p, o, k, v) for o, (k, v) in enumerate(records) if o >= offset]
+        try:
+            for p, offset in start.items():
+                records = self.partitions.get(p, [])
+                yield [Record(topic, p, o, k, v) for o, (k, v) in enumerate(records) if o >= offset]
+                if self.hold_reads is not None:
+                    self.held.set()
+                    await self.hold_reads.wait()
+        finally:
+            self.closed_reads += 1
 
 
 class StoreHarness:
@@ -264,4 +274,26 @@ async def test_a_failed_restore_keeps_nothing_open_so_that_a_retry_can_reopen_it
     assert h.registry.get_sample_value("postback_state_restore_failures_total", {"changelog": TOPIC}) == 1
     await store.assign({0})  # RocksDB refuses a second open of a database still open in this process
     assert contents(store) == {b"k": b"v"}
+    store.close()
+
+
+async def test_a_cancelled_restore_closes_its_read_and_keeps_nothing_open(tmp_path: Path) -> None:
+    """A revocation cancels a restore under way (service/group_member.py): the changelog read stops at once
+    and the partition's database is closed, so that the next assignment can open it again."""
+    changelog = FakeChangelog()
+    changelog.append(0, b"k", b"v")
+    changelog.append(1, b"j", b"w")
+    changelog.hold_reads = asyncio.Event()
+    h = StoreHarness(tmp_path, changelog)
+    store = h.store()
+    restore = asyncio.create_task(store.assign({0, 1}))
+    await changelog.held.wait()
+    restore.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await restore
+    assert changelog.closed_reads == 1
+    assert store.partitions == set()
+    changelog.hold_reads = None
+    await store.assign({0, 1})  # RocksDB refuses a second open of a database still open in this process
+    assert contents(store) == {b"k": b"v", b"j": b"w"}
     store.close()

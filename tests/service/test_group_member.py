@@ -20,6 +20,7 @@ from service.consumer_health import ConsumerLag, KafkaHealth
 from service.group_member import GroupMember
 from service.ops_http import Liveness, Readiness, add_ops_routes
 from service.settings import load_settings
+from tests.service.fake_consumer import AssignedConsumer
 
 P0 = TopicPartition("conversions", 0)
 P1 = TopicPartition("conversions", 1)
@@ -84,8 +85,11 @@ class FakeStore:
         self.applied.append((partition, key, value, changelog_offset))
 
 
-class FakeConsumer:
+class FakeConsumer(AssignedConsumer):
+    """Commits as events."""
+
     def __init__(self, events: Events, fail_with: BaseException | None = None) -> None:
+        super().__init__({P0, P1, R0})
         self.events = events
         self.fail_with = fail_with
 
@@ -274,12 +278,16 @@ async def test_a_failed_restore_is_retried_with_backoff_then_its_partition_is_ha
     reason = h.readiness.reasons()["state"]
     assert "app-changelog partitions [0]" in reason and "ConnectionError: broker went away" in reason, reason
     assert "retrying in" in reason
-    # records fetched meanwhile wait for the restore (the partition is not processed before it)
-    fetched = asyncio.create_task(h.member.handle_fetched({P0: [Record(5), Record(6)]}))
+    # the partition is paused meanwhile; records fetched before the pause are not handled, and once restored
+    # the partition is rewound to its committed offset, so they are fetched again
+    assert P0 in h.consumer.paused()
+    h.consumer.committed_offsets[P0] = 5
+    await h.member.handle_fetched({P0: [Record(5), Record(6)]})
     await assignment
-    await fetched
     assert h.store.failures == 2
     assert h.readiness.ready and h.readiness.reasons() == {}
+    assert h.consumer.positions == {P0: 5} and P0 not in h.consumer.paused()
+    await h.member.handle_fetched({P0: [Record(5), Record(6)]})
     assert h.events.items == [
         ("restored", [0]),
         ("assigned", {P0}),
@@ -323,3 +331,41 @@ async def test_a_loop_with_work_that_completes_no_batch_fails_healthz_after_the_
         release.set()
         await batch
         assert (await client.get("/healthz")).status == 200
+
+
+async def test_the_assignment_callback_returns_while_the_restore_runs_so_heartbeats_go_on() -> None:
+    """aiokafka sends no heartbeat until its assignment callback returns: a restore inside it that outlasted
+    the session timeout got the member removed from the group while it went on to deliver what the new
+    owner delivered too (two results records per postback in the chaos run)."""
+    h = Harness()
+    h.store.release_restore.clear()
+    h.consumer.committed_offsets[P0] = 7
+    await asyncio.wait_for(group_member._Rebalance(h.member).on_partitions_assigned({P0, R0}), 1)
+    await h.store.restore_started.wait()
+    assert h.member.restoring and not h.readiness.ready
+    assert h.consumer.paused() == {P0, R0}, "nothing is fetched from a partition being restored"
+    await h.member.handle_fetched({P0: [Record(7)]})  # fetched before the pause: not ours yet
+    assert h.events.items == []
+    h.store.release_restore.set()
+    task = h.member._restore_task
+    assert task is not None
+    await task
+    assert h.events.items == [("restored", [0]), ("assigned", {P0, R0})]
+    assert h.consumer.paused() == set()
+    assert h.consumer.positions == {P0: 7, R0: 0}, "rewound to the committed offset (the beginning without one)"
+    assert h.readiness.ready
+
+
+async def test_a_revocation_during_the_restore_cancels_it_and_the_application_never_hears_of_the_partition() -> None:
+    h = Harness()
+    h.store.release_restore.clear()
+    listener = group_member._Rebalance(h.member)
+    await listener.on_partitions_assigned({P0})
+    await h.store.restore_started.wait()
+    task = h.member._restore_task
+    assert task is not None
+    await asyncio.wait_for(listener.on_partitions_revoked({P0}), 1)
+    assert task.cancelled()
+    assert h.events.items == [("revoked", set()), ("released", [0])]
+    assert not h.member.restoring and h.readiness.ready
+    assert h.member._owned == set()
