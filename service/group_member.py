@@ -7,14 +7,15 @@ whatever else the application runs under it (the worker's fired-state sweep).
 
 - **Assignment:** the changelog stores restore the newly assigned partitions (the `restore_check`
   of /readyz fails from the moment the partitions are assigned until they are restored: `restoring`),
-  then `assigned` runs. Nothing fetched from a partition is handled before that. The restore runs in
-  a task of its own, not in aiokafka's assignment callback: aiokafka sends no heartbeat until that
-  callback returns, so a restore longer than the session timeout got the member removed from the
-  group while it went on to deliver what the partitions' new owner delivered too (two results
-  records per postback in the chaos run). Meanwhile the partitions are paused, and once restored
-  they are rewound to their committed offsets, so nothing fetched before the pause is skipped. A
-  revocation cancels a restore of its partitions. A restore that fails is retried with backoff
-  (RESTORE_RETRY_*), /readyz giving the error meanwhile, until it succeeds or the member stops.
+  then `assigned` runs. Nothing fetched from a partition is handled before that. A restore that
+  fails is retried with backoff (RESTORE_RETRY_*), /readyz giving the error meanwhile, until it
+  succeeds or the member stops: aiokafka only logs what a rebalance callback raises, and the
+  partitions' records would be skipped until the next rebalance. aiokafka sends no heartbeat until
+  its assignment callback returns, so the member heartbeats itself while it restores: a restore
+  longer than the session timeout got the member removed from the group while it went on to deliver
+  what the partitions' new owner delivered too (two results records per postback in the chaos run).
+  A member that learns meanwhile that it is no longer in that generation of the group (removed, or a
+  rebalance under way) does not take the partitions up: the rebalance it rejoins assigns them again.
 - **Batches:** whatever the consumer has fetched (up to `max_records`) goes to `handle`, with only
   the partitions this member owns: one revoked since the fetch is left to its new owner. From the
   moment a batch of owned partitions is fetched until it is committed the loop is busy for
@@ -50,11 +51,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from service.consumer_health import ConsumerLag, KafkaHealth
 from service.kafka_io import OnUnwritable, Outgoing, OutgoingRecords, WriteAbandoned, unless_given_up, until_done
@@ -145,11 +146,9 @@ class GroupMember:
         self.lock = asyncio.Lock()
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
+        self.restoring = False
         self._set_restoring(False)  # nothing to restore until partitions are assigned
         self._owned: set[TopicPartition] = set()  # assigned and restored
-        self._restoring: set[TopicPartition] = set()  # assigned, being restored: paused and not yet owned
-        self._restore_task: asyncio.Task[None] | None = None
-        self._taking_up = False  # the restore task is past the restore, running `assigned`: not cancelled
         self._processed: dict[TopicPartition, int] = {}  # next offset to commit, per partition
         self._stopping = asyncio.Event()
         # done STOP_WRITE_GRACE_SECONDS after a stop: the writes still retrying then are abandoned
@@ -214,7 +213,6 @@ class GroupMember:
             self._readiness.set(self._consumer_check, False)
             for task in tasks:
                 task.cancel()
-            await self._cancel_restore(set(self._restoring))
             if self.consumer is not None:
                 async with self.lock:
                     try:
@@ -230,19 +228,21 @@ class GroupMember:
             await _bounded(self.producer.stop(), "flushing the producer")
 
     def _apply_back_pressure(self) -> None:
-        """Pause every assigned partition while the application asks for it (`fetch_paused`), and those being
-        restored always; resume the others. Checked before each fetch, so a batch that fills the application
-        up is the last one it gets."""
+        """Pause every assigned partition while the application asks for it (`fetch_paused`), resume them
+        when it no longer does. Checked before each fetch, so a batch that fills the application up is
+        the last one it gets."""
         consumer = self.consumer
-        if consumer is None:
+        if self._fetch_paused is None or consumer is None:
             return
-        self.paused = self._fetch_paused is not None and self._fetch_paused()
-        hold = self._restoring | (consumer.assignment() if self.paused else set())
-        paused = consumer.paused()
-        if hold - paused:
-            consumer.pause(*(hold - paused))
-        if paused - hold:
-            consumer.resume(*(paused - hold))
+        self.paused = self._fetch_paused()
+        if self.paused:
+            unpaused = consumer.assignment() - consumer.paused()
+            if unpaused:
+                consumer.pause(*unpaused)
+        else:
+            paused = consumer.paused()
+            if paused:
+                consumer.resume(*paused)
 
     async def handle_fetched(self, fetched: Batch) -> None:
         liveness = self._liveness
@@ -322,11 +322,8 @@ class GroupMember:
         except WriteAbandoned:
             log.warning("commit abandoned at a stop; the new owner reads those records again")
 
-    @property
-    def restoring(self) -> bool:
-        return bool(self._restoring)
-
     def _set_restoring(self, restoring: bool, reason: str | None = None) -> None:
+        self.restoring = restoring
         self._readiness.set(self._restore_check, not restoring, reason)
 
     def _partitions_by_store(self, tps: set[TopicPartition]) -> Iterator[tuple[PartitionStore, set[int]]]:
@@ -334,77 +331,69 @@ class GroupMember:
             yield store, {tp.partition for tp in tps if tp.topic == topic}
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Take up newly assigned partitions (see `begin_assignment`) and wait until they are owned."""
-        task = self.begin_assignment(assigned)
-        if task is not None:
-            await task
-
-    def begin_assignment(self, assigned: set[TopicPartition]) -> asyncio.Task[None] | None:
-        """Start taking up newly assigned partitions; returns at once (aiokafka's assignment callback: no
-        heartbeat goes out until it returns). Not ready from now on, paused until restored."""
+        if self.paused and self.consumer is not None:
+            self.consumer.pause(*assigned)  # fetching is still paused: partitions assigned now wait too
+        # Not ready from now on, before the lock is ours (a batch or a sweep may hold it): the restore
+        # is what /readyz waits for. A restore that fails is retried, not ready and the partitions unowned
+        # meanwhile; a stop gives up (the error is raised) and leaves them unowned.
         # A stop under way (a SIGTERM landing in a rebalance) takes up nothing more: its revocation of
         # what it owns may already be done, so whatever the application started on these partitions
         # (the dispatcher: resumed deliveries) would run on with nobody to write it back.
         if self._stopping.is_set():
             log.info("partitions %s assigned while stopping: left to the next owner", _describe(assigned))
-            return None
-        self._restoring |= assigned
-        self._apply_back_pressure()
-        self._set_restoring(True, f"restoring partitions {_describe(self._restoring)}")
-        return self._start_restore(self._restore_task)
-
-    def _start_restore(self, previous: asyncio.Task[None] | None) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._take_up(previous), name=f"restore:{self.group_id}")
-        task.add_done_callback(self._restore_ended)
-        self._restore_task = task
-        return task
-
-    def _restore_ended(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
             return
-        error = task.exception()
-        if error is not None and not self._stopping.is_set():  # at a stop the restore gives up on purpose
-            log.error("taking up partitions failed", exc_info=error)
-
-    async def _take_up(self, previous: asyncio.Task[None] | None) -> None:
-        """Restore what is being restored, then own it; `previous`: the restore this one replaces."""
-        if previous is not None and not previous.done():
-            if not self._taking_up:  # what it restored already, the stores skip
-                previous.cancel()
-            await asyncio.wait([previous])
-        partitions = set(self._restoring)
-        await self._restore(partitions)
+        self._set_restoring(True, f"restoring partitions {_describe(assigned)}")
         async with self.lock:
             if self._stopping.is_set():  # the stop's revocation held the lock meanwhile
-                log.info("partitions %s assigned while stopping: left to the next owner", _describe(partitions))
+                log.info("partitions %s assigned while stopping: left to the next owner", _describe(assigned))
+                self._set_restoring(False)
                 return
-            self._taking_up = True
-            try:
-                self._restoring -= partitions
-                self._owned |= partitions
-                await self._app.assigned(partitions)
-                self._apply_back_pressure()  # resumes the partitions, unless the application is full
-            finally:
-                self._taking_up = False
-        if not self._restoring:
-            self._set_restoring(False)
+            async with self._heartbeating() as still_member:
+                await self._restore(assigned)
+            if not still_member():
+                log.warning(
+                    "partitions %s restored, but the group rebalanced meanwhile: left to the next assignment",
+                    _describe(assigned),
+                )
+                self._set_restoring(False)
+                return
+            self._owned |= assigned
+            await self._app.assigned(assigned)
+            self._apply_back_pressure()  # what `assigned` resumed (pending work of these partitions) counts too
+        self._set_restoring(False)
 
-    async def _cancel_restore(self, partitions: set[TopicPartition]) -> None:
-        """Stop restoring `partitions` (revoked, or a stop); the restore of any other goes on."""
-        task = self._restore_task
-        if task is None or task.done() or not partitions & self._restoring:
-            return
-        if self._taking_up:  # `assigned` is running: let it end, the revocation then releases them as owned
-            await asyncio.wait([task])
-            return
-        task.cancel()
-        await asyncio.wait([task])
-        self._restoring -= partitions
-        if self._restoring and not self._stopping.is_set():
-            self._start_restore(None)
-        else:
-            self._restoring.clear()
-            self._set_restoring(False)
+    @contextlib.asynccontextmanager
+    async def _heartbeating(self) -> AsyncIterator[Callable[[], bool]]:
+        """Heartbeat every HEARTBEAT_INTERVAL while the body runs (inside aiokafka's assignment callback, where
+        aiokafka does not); yields `still_member()`: False once a heartbeat was refused (the member was
+        removed from the group, or the group is rebalancing), so the assignment is no longer this member's."""
+        coordinator = getattr(self.consumer, "_coordinator", None)  # aiokafka's; the unit tests' fakes have none
+        refused = False
+
+        async def beat() -> None:
+            nonlocal refused
+            assert coordinator is not None
+            generation = coordinator.generation
+            while True:
+                await asyncio.sleep(self._settings.heartbeat_interval_seconds)
+                try:
+                    # aiokafka's own heartbeat request; a refusal also makes it reset or rejoin as usual
+                    ok = await coordinator._do_heartbeat()
+                except KafkaError as exc:
+                    log.warning("heartbeat during the restore failed (%s: %s)", type(exc).__name__, exc)
+                    continue
+                if not ok or coordinator.generation != generation or coordinator._rejoin_needed_fut.done():
+                    refused = True
+                    return
+
+        task = asyncio.create_task(beat(), name=f"restore-heartbeat:{self.group_id}") if coordinator else None
+        try:
+            yield lambda: not refused
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _restore(self, assigned: set[TopicPartition]) -> None:
         """Each store restores its newly assigned partitions, retried with backoff until it succeeds or a stop."""
@@ -415,8 +404,6 @@ class GroupMember:
                 for store, partitions in self._partitions_by_store(assigned):
                     what = f"{store.changelog_topic} partitions {sorted(partitions)}"
                     await store.assign(partitions)  # partitions restored before are skipped on a retry
-                what = f"the committed offsets of {_describe(assigned)}"
-                await self._rewind(assigned)
                 return
             except Exception as exc:
                 if self._stopping.is_set():
@@ -430,23 +417,9 @@ class GroupMember:
                     raise
                 delay = min(delay * 2, RESTORE_RETRY_MAX_SECONDS)
 
-    async def _rewind(self, partitions: set[TopicPartition]) -> None:
-        """Seek each partition to its committed offset (the beginning without one, as auto_offset_reset says):
-        records fetched between the assignment and the pause were dropped as not owned, not handled."""
-        consumer = self.consumer
-        if consumer is None:
-            return
-        for tp in partitions:
-            committed = await consumer.committed(tp)
-            if committed is None:
-                await consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
-
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._cancel_restore(revoked)
         async with self.lock:
-            await self._app.revoked(revoked & self._owned)
+            await self._app.revoked(revoked & self._owned)  # not those restored but never taken up
             await self._commit()
             for store, partitions in self._partitions_by_store(revoked):
                 store.revoke(partitions)
@@ -484,4 +457,4 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._member.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._member.begin_assignment(set(assigned))
+        await self._member.on_assigned(set(assigned))

@@ -20,7 +20,6 @@ from service.consumer_health import ConsumerLag, KafkaHealth
 from service.group_member import GroupMember
 from service.ops_http import Liveness, Readiness, add_ops_routes
 from service.settings import load_settings
-from tests.service.fake_consumer import AssignedConsumer
 
 P0 = TopicPartition("conversions", 0)
 P1 = TopicPartition("conversions", 1)
@@ -85,11 +84,8 @@ class FakeStore:
         self.applied.append((partition, key, value, changelog_offset))
 
 
-class FakeConsumer(AssignedConsumer):
-    """Commits as events."""
-
+class FakeConsumer:
     def __init__(self, events: Events, fail_with: BaseException | None = None) -> None:
-        super().__init__({P0, P1, R0})
         self.events = events
         self.fail_with = fail_with
 
@@ -278,16 +274,12 @@ async def test_a_failed_restore_is_retried_with_backoff_then_its_partition_is_ha
     reason = h.readiness.reasons()["state"]
     assert "app-changelog partitions [0]" in reason and "ConnectionError: broker went away" in reason, reason
     assert "retrying in" in reason
-    # the partition is paused meanwhile; records fetched before the pause are not handled, and once restored
-    # the partition is rewound to its committed offset, so they are fetched again
-    assert P0 in h.consumer.paused()
-    h.consumer.committed_offsets[P0] = 5
-    await h.member.handle_fetched({P0: [Record(5), Record(6)]})
+    # records fetched meanwhile wait for the restore (the partition is not processed before it)
+    fetched = asyncio.create_task(h.member.handle_fetched({P0: [Record(5), Record(6)]}))
     await assignment
+    await fetched
     assert h.store.failures == 2
     assert h.readiness.ready and h.readiness.reasons() == {}
-    assert h.consumer.positions == {P0: 5} and P0 not in h.consumer.paused()
-    await h.member.handle_fetched({P0: [Record(5), Record(6)]})
     assert h.events.items == [
         ("restored", [0]),
         ("assigned", {P0}),
@@ -333,39 +325,73 @@ async def test_a_loop_with_work_that_completes_no_batch_fails_healthz_after_the_
         assert (await client.get("/healthz")).status == 200
 
 
-async def test_the_assignment_callback_returns_while_the_restore_runs_so_heartbeats_go_on() -> None:
-    """aiokafka sends no heartbeat until its assignment callback returns: a restore inside it that outlasted
-    the session timeout got the member removed from the group while it went on to deliver what the new
-    owner delivered too (two results records per postback in the chaos run)."""
+class FakeCoordinator:
+    """aiokafka's group coordinator as the member heartbeats through it during a restore: each heartbeat
+    answers the next scripted result (True: accepted), then True."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.generation = 7
+        self._rejoin_needed_fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.answers = list(answers)
+        self.heartbeats = 0
+        self.beaten = asyncio.Event()
+
+    async def _do_heartbeat(self) -> bool:
+        self.heartbeats += 1
+        self.beaten.set()
+        return self.answers.pop(0) if self.answers else True
+
+
+def heartbeating_harness(answers: list[bool]) -> tuple[Harness, FakeCoordinator]:
     h = Harness()
+    h.member._settings = load_settings(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+            "STATE_STORE": "memory://",
+            "KAFKA_SESSION_TIMEOUT": "100ms",
+            "KAFKA_HEARTBEAT_INTERVAL": "10ms",
+        }
+    )
+    coordinator = FakeCoordinator(answers)
+    h.consumer._coordinator = coordinator  # type: ignore[attr-defined]
+    return h, coordinator
+
+
+async def test_the_member_heartbeats_while_it_restores_inside_the_assignment_callback() -> None:
+    """aiokafka sends no heartbeat until its assignment callback returns: a restore longer than the session
+    timeout got the member removed from the group while it went on to deliver what the new owner delivered
+    too (two results records per postback in the chaos run)."""
+    h, coordinator = heartbeating_harness([])
     h.store.release_restore.clear()
-    h.consumer.committed_offsets[P0] = 7
-    await asyncio.wait_for(group_member._Rebalance(h.member).on_partitions_assigned({P0, R0}), 1)
+    assignment = asyncio.create_task(h.member.on_assigned({P0}))
     await h.store.restore_started.wait()
-    assert h.member.restoring and not h.readiness.ready
-    assert h.consumer.paused() == {P0, R0}, "nothing is fetched from a partition being restored"
-    await h.member.handle_fetched({P0: [Record(7)]})  # fetched before the pause: not ours yet
-    assert h.events.items == []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while coordinator.heartbeats < 3:
+        assert loop.time() < deadline, "no heartbeat during the restore"
+        await asyncio.sleep(0.01)
     h.store.release_restore.set()
-    task = h.member._restore_task
-    assert task is not None
-    await task
-    assert h.events.items == [("restored", [0]), ("assigned", {P0, R0})]
-    assert h.consumer.paused() == set()
-    assert h.consumer.positions == {P0: 7, R0: 0}, "rewound to the committed offset (the beginning without one)"
-    assert h.readiness.ready
+    await assignment
+    assert h.events.items == [("restored", [0]), ("assigned", {P0})]
+    running = [t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("restore-heartbeat")]
+    assert running == [], "the member's heartbeats end with the restore (aiokafka's take over)"
 
 
-async def test_a_revocation_during_the_restore_cancels_it_and_the_application_never_hears_of_the_partition() -> None:
-    h = Harness()
+@pytest.mark.parametrize("why", ["removed", "rebalancing"])
+async def test_a_member_removed_or_rebalanced_during_its_restore_does_not_take_the_partitions_up(why: str) -> None:
+    # removed: UnknownMemberId, a heartbeat refused (aiokafka resets the generation)
+    h, coordinator = heartbeating_harness([False] if why == "removed" else [])
     h.store.release_restore.clear()
-    listener = group_member._Rebalance(h.member)
-    await listener.on_partitions_assigned({P0})
-    await h.store.restore_started.wait()
-    task = h.member._restore_task
-    assert task is not None
-    await asyncio.wait_for(listener.on_partitions_revoked({P0}), 1)
-    assert task.cancelled()
-    assert h.events.items == [("revoked", set()), ("released", [0])]
-    assert not h.member.restoring and h.readiness.ready
-    assert h.member._owned == set()
+    assignment = asyncio.create_task(h.member.on_assigned({P0}))
+    await coordinator.beaten.wait()
+    if why == "rebalancing":  # RebalanceInProgress: accepted, and aiokafka asks for a rejoin
+        coordinator._rejoin_needed_fut.set_result(None)
+        coordinator.beaten.clear()
+        await coordinator.beaten.wait()
+    h.store.release_restore.set()
+    await assignment
+    assert h.events.items == [("restored", [0])], "the application never hears of them"
+    assert h.readiness.ready
+    await h.member.handle_fetched({P0: [Record(3)]})
+    await h.member.on_revoked({P0})  # the rebalance it rejoins: the store lets the partition go
+    assert h.events.items == [("restored", [0]), ("revoked", set()), ("released", [0])]

@@ -16,7 +16,6 @@ from service.consumer_health import ConsumerLag, KafkaHealth
 from service.group_member import GroupMember
 from service.ops_http import Readiness
 from service.settings import load_settings
-from tests.service.fake_consumer import AssignedConsumer
 
 P0 = TopicPartition("postbacks.s2s", 0)
 
@@ -63,11 +62,10 @@ class App:
         pass
 
 
-class NeverCommits(AssignedConsumer):
+class NeverCommits:
     """A consumer whose commit never ends: the group coordinator is unreachable."""
 
     def __init__(self) -> None:
-        super().__init__({P0})
         self.commits = 0
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
