@@ -34,6 +34,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from devtools.demo_data import CAMPAIGNS, CONVERSIONS, OFFER_SOURCES, campaigns_for
 from devtools.demo_sink import DemoSink
 from postback_router.embedded_broker import free_loopback_port, kafka_for_local_use
+from service.kafka_connection import KafkaConnection
 from service.kafka_io import produce, read_topic
 from service.settings import Topics, load_settings
 from service.topics import ensure_topics
@@ -114,6 +115,10 @@ class DemoRun:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     http_ports: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def kafka(self) -> KafkaConnection:
+        return KafkaConnection.plaintext(self.bootstrap)  # devtools run against a PLAINTEXT broker
+
     def start(self, name: str, env: dict[str, str], *args: str) -> None:
         self.http_ports[name] = free_loopback_port()
         with open(os.path.join(self.workdir, f"{name}.log"), "wb") as log:
@@ -136,7 +141,7 @@ class DemoRun:
                 process.kill()
 
     async def count(self, topic: str) -> int:
-        return len(await read_topic(self.bootstrap, topic))
+        return len(await read_topic(self.kafka, topic))
 
     async def count_postbacks(self) -> int:
         """Matched postbacks of every kind so far."""
@@ -251,12 +256,12 @@ async def run_demo() -> None:
 
 
 async def publish_and_report(run: DemoRun, campaigns: list[dict[str, Any]]) -> None:
-    bootstrap, topics = run.bootstrap, run.topics
+    kafka, topics = run.kafka, run.topics
     heading("Published")
-    await produce(bootstrap, topics.offer_sources, [(o["offer_source_id"], o) for o in OFFER_SOURCES])
+    await produce(kafka, topics.offer_sources, [(o["offer_source_id"], o) for o in OFFER_SOURCES])
     for source in OFFER_SOURCES:
         say(f"offer source {source['offer_source_id']:<12} default_status={source['default_status']}")
-    await produce(bootstrap, topics.campaign_rules, [(c["campaign_id"], c) for c in campaigns])
+    await produce(kafka, topics.campaign_rules, [(c["campaign_id"], c) for c in campaigns])
     for campaign in campaigns:
         entries = ", ".join(
             f"{e['id']} ({e['kind']}{', conditional' if e.get('conditional', {}).get('enabled') else ''}"
@@ -265,7 +270,7 @@ async def publish_and_report(run: DemoRun, campaigns: list[dict[str, Any]]) -> N
         )
         say(f"campaign {campaign['campaign_id']:<10} {entries}")
     sent_at = time.monotonic()
-    await produce(bootstrap, topics.conversions, [(key, value) for _, key, value in CONVERSIONS])
+    await produce(kafka, topics.conversions, [(key, value) for _, key, value in CONVERSIONS])
     say(f"{len(CONVERSIONS)} conversion records, in this order:")
     for description, key, _ in CONVERSIONS:
         say(f"  {key:<9} {description}")
@@ -274,19 +279,19 @@ async def publish_and_report(run: DemoRun, campaigns: list[dict[str, Any]]) -> N
     invalid = len(CONVERSIONS) - valid
 
     async def all_accounted_for() -> bool:
-        evaluations = await read_topic(bootstrap, topics.evaluations)
-        rejected = await read_topic(bootstrap, topics.invalid(topics.conversions))
+        evaluations = await read_topic(kafka, topics.evaluations)
+        rejected = await read_topic(kafka, topics.invalid(topics.conversions))
         return len(evaluations) >= valid and len(rejected) >= invalid
 
     say("waiting for the worker (group join and table recovery take a few seconds)...")
     await run.wait_until(all_accounted_for, "every conversion to be evaluated")
     elapsed = time.monotonic() - sent_at
-    evaluations = [r.json() for r in await read_topic(bootstrap, topics.evaluations)]
-    rejected = [r.json() for r in await read_topic(bootstrap, topics.invalid(topics.conversions))]
+    evaluations = [r.json() for r in await read_topic(kafka, topics.evaluations)]
+    rejected = [r.json() for r in await read_topic(kafka, topics.invalid(topics.conversions))]
     postbacks: dict[str, dict[str, Any]] = {}
     per_topic: Counter[str] = Counter()
     for topic in topics.postbacks.values():
-        for record in await read_topic(bootstrap, topic):
+        for record in await read_topic(kafka, topic):
             message = record.json()
             postbacks[message["postback_id"]] = message
             per_topic[topic] += 1
@@ -341,12 +346,11 @@ async def show_api(run: DemoRun) -> None:
 
         async def evaluated() -> bool:
             return any(
-                r.json()["conversion_id"] == conversion_id
-                for r in await read_topic(run.bootstrap, run.topics.evaluations)
+                r.json()["conversion_id"] == conversion_id for r in await read_topic(run.kafka, run.topics.evaluations)
             )
 
         await run.wait_until(evaluated, "the api's conversion to be evaluated")
-        evaluations = [r.json() for r in await read_topic(run.bootstrap, run.topics.evaluations)]
+        evaluations = [r.json() for r in await read_topic(run.kafka, run.topics.evaluations)]
         [evaluation] = [e for e in evaluations if e["conversion_id"] == conversion_id]
         fired = ", ".join(f["entry_id"] for f in evaluation["fired"]) or "nothing"
         skipped = "; ".join(f"{e['entry_id']}: {REASONS[e['reason']]}" for e in evaluation["skipped"])
@@ -357,7 +361,7 @@ async def show_api(run: DemoRun) -> None:
             say(f'PATCH /v1/conversions/{conversion_id} {{"status": "approved"}} -> {response.status}')
 
         async def delivered() -> list[dict[str, Any]]:
-            results = [r.json() for r in await read_topic(run.bootstrap, run.topics.results)]
+            results = [r.json() for r in await read_topic(run.kafka, run.topics.results)]
             return [r for r in results if r["conversion_id"] == conversion_id]
 
         async def any_delivered() -> bool:
@@ -408,7 +412,7 @@ async def report_deliveries(run: DemoRun, expected: int, postbacks: dict[str, di
     first = run.sink.received[0].at if run.sink.received else time.monotonic()
     for request in run.sink.received:
         say(f"  +{request.at - first:5.2f}s  {request.status}  {request.path_qs}")
-    results = [r.json() for r in await read_topic(run.bootstrap, results_topic)]
+    results = [r.json() for r in await read_topic(run.kafka, results_topic)]
     say(f"{len(results)} results on {results_topic} (the status is the conversion's: an update is a new postback):")
     for result in sorted(results, key=lambda r: (r["entry_id"], r["conversion_id"])):
         postback = postbacks.get(result["postback_id"], {})
@@ -444,7 +448,7 @@ REFUSAL_HINTS = {
 
 async def measure_throughput(run: DemoRun) -> None:
     heading(f"Throughput: a burst of {BURST_SIZE:,} conversions")
-    bootstrap, topics = run.bootstrap, run.topics
+    kafka, topics = run.kafka, run.topics
     campaigns = [c["campaign_id"] for c in CAMPAIGNS]
     # Now, not a date: the platforms refuse events past their age windows (Meta: 7 days).
     occurred_at = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -471,7 +475,7 @@ async def measure_throughput(run: DemoRun) -> None:
     s2s_before = await run.count(topics.postbacks["s2s"])
     postbacks_before = await run.count_postbacks()
     started = time.monotonic()
-    await produce(bootstrap, topics.conversions, burst)
+    await produce(kafka, topics.conversions, burst)
     say(f"sent in {time.monotonic() - started:.1f}s; the worker matches while they arrive")
     deadline = started + DEADLINE_SECONDS
     done = 0
@@ -514,13 +518,13 @@ async def report_burst_outcomes(run: DemoRun, postbacks_before: int) -> None:
     say(f"waiting for the results of all {expected:,} postbacks of the burst (every kind)...")
 
     async def all_results_in() -> bool:
-        results = [r.json() for r in await read_topic(run.bootstrap, topics.results)]
+        results = [r.json() for r in await read_topic(run.kafka, topics.results)]
         return sum(1 for r in results if str(r["conversion_id"]).startswith("burst-")) >= expected
 
     await run.wait_until(all_results_in, f"the results of the burst's {expected:,} postbacks")
     outcomes: Counter[tuple[str, str]] = Counter()
     refusals: Counter[tuple[str, str]] = Counter()
-    for record in await read_topic(run.bootstrap, topics.results):
+    for record in await read_topic(run.kafka, topics.results):
         result = record.json()
         if not str(result["conversion_id"]).startswith("burst-"):
             continue

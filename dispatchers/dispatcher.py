@@ -13,6 +13,12 @@ record goes to `postbacks.results` (and `postbacks.dead-letter` unless delivered
 left `decided`). The records are built in dispatchers/core/delivery_records.py. A postback whose
 `pending` state is too large for the changelog is rejected at once (`postback_too_large`).
 
+A record carrying a `replay` object is a replay request (dispatchers/core/replay.py, docs/replay.md): it
+starts a new delivery cycle of a postback final as rejected or dead_lettered (its `pending` state with the
+attempts so far and the replay number, then reported like any postback, its records marked with that
+number); a delivered postback is never replayed, a request read twice starts one cycle, one not final is
+ignored.
+
 On a rebalance or a stop the scheduler is drained: attempts in flight finish (or are cut after
 DRAIN_SECONDS) and what is still pending is written back with its attempts; whoever owns the
 partition next resumes it from the changelog. A crash repeats at most the attempts that were in
@@ -55,7 +61,15 @@ from dispatchers.core.delivery_records import (
     unkeepable_outcome,
     utc_iso,
 )
-from dispatchers.core.delivery_state import DeliveryState, decode_delivery_state
+from dispatchers.core.delivery_state import FIRST_CYCLE, DeliveryState, ReplayCycle, decode_delivery_state
+from dispatchers.core.replay import (
+    InvalidReplayRequest,
+    ReplayDecision,
+    ReplayRequest,
+    decide_replay,
+    replay_pending_state,
+    split_replay_request,
+)
 from dispatchers.core.retry_policy import RetryPolicy
 from dispatchers.engine.batch_scheduler import BatchDeliveryScheduler
 from dispatchers.engine.oauth import OAuthTokenCache
@@ -87,6 +101,7 @@ class PostbackScheduler(Protocol):
         attempts: int = 0,
         first_attempt_at: datetime | None = None,
         not_before: datetime | None = None,
+        replay: bool = False,
     ) -> None: ...
 
     async def start(self) -> None: ...
@@ -103,7 +118,7 @@ class Dispatcher:
         self.topic = settings.topics.postbacks[self.kind]
         self.group_id = f"{settings.app_id}-dispatch-{self.kind}"
         self.store = ChangelogStore(
-            settings.bootstrap_servers,
+            settings.kafka,
             settings.delivery_state_changelog(self.kind),
             "memory" if settings.state_store == "memory://" else "rocksdb",
             Path(settings.state_dir) / self.group_id,
@@ -125,6 +140,7 @@ class Dispatcher:
         )
         self._scheduler = self._new_scheduler()
         self._partition_of: dict[str, int] = {}  # postback_id -> partition, while not final
+        self._cycles: dict[str, ReplayCycle] = {}  # postback_id -> its replay cycle, while not final (replays only)
         self.member = GroupMember(
             self,
             settings,
@@ -145,7 +161,7 @@ class Dispatcher:
             self.member,
             self.store,
             {"results": settings.topics.results, "dead_letter": settings.topics.dead_letter},
-            settings.bootstrap_servers,
+            settings.kafka,
         )
 
     def _new_scheduler(self) -> PostbackScheduler:
@@ -225,37 +241,85 @@ class Dispatcher:
     async def handle(self, batch: Batch) -> None:
         now = int(time.time())
         received = utc_iso(datetime.now(UTC))
-        accepted: list[tuple[int, dict[str, Any]]] = []
+        accepted: list[tuple[int, DeliveryState]] = []  # (partition, its pending state)
         rejected: list[tuple[bytes | None, dict[str, Any]]] = []
         for tp, records in batch.items():
             for record in records:
                 postback = decode_postback(record.value, self.kind)
+                request: ReplayRequest | None = None
+                if postback is not None:
+                    try:
+                        postback, request = split_replay_request(postback)
+                    except InvalidReplayRequest:
+                        self.metrics.replays.labels(self.kind, "invalid").inc()
+                        postback = None
                 if postback is None:
                     rejected.append(undecodable_record(record.key, record.value, received))
                     continue
                 pid = postback["postback_id"]
+                if request is not None:
+                    state = self._take_replay(tp.partition, postback, request, now, received)
+                    if state is not None:
+                        self._partition_of[pid] = tp.partition
+                        self._cycles[pid] = state.cycle
+                        accepted.append((tp.partition, state))
+                    continue
                 if pid in self._partition_of or self.store.get_raw(pid.encode(), tp.partition) is not None:
                     self.metrics.duplicates.labels(self.kind).inc()
                     continue  # already pending or final: never delivered twice
                 self._partition_of[pid] = tp.partition
-                accepted.append((tp.partition, postback))
+                accepted.append((tp.partition, DeliveryState("pending", now, 0, received, None, postback)))
         if rejected:
             await self._produce_undecodable(rejected)
         states = [
-            (partition, postback["postback_id"].encode(), DeliveryState("pending", now, 0, received, None, postback))
-            for partition, postback in accepted
+            (partition, state.postback["postback_id"].encode(), state)
+            for partition, state in accepted
+            if state.postback
         ]
         unkept = {key for _, key, _ in await self._write_states(states)}
-        for _, postback in accepted:
+        for _, state in accepted:
+            postback = state.postback
+            assert postback is not None  # every accepted state is pending with its postback
             if postback["postback_id"].encode() in unkept:
-                await self._reject_unkeepable(postback)  # not sent: its retries could not be resumed
+                # not sent: its retries could not be resumed (a replay keeps the attempts of its earlier cycles)
+                await self._reject_unkeepable(postback, state.attempts)
             else:
-                self._scheduler.submit(postback, first_attempt_at=datetime.now(UTC))
+                replay = state.cycle.number > 0
+                self._scheduler.submit(
+                    postback, attempts=state.attempts, first_attempt_at=datetime.now(UTC), replay=replay
+                )
 
-    async def _reject_unkeepable(self, postback: dict[str, Any]) -> None:
+    def _take_replay(
+        self, partition: int, postback: dict[str, Any], request: ReplayRequest, now: int, received: str
+    ) -> DeliveryState | None:
+        """The `pending` state of the new delivery cycle a replay request starts, or None when it starts none
+        (dispatchers/core/replay.py): a delivered postback is never replayed, a request read twice starts one
+        cycle, a postback not final ignores it. Each decision is counted and logged."""
+        pid = postback["postback_id"]
+        raw = self.store.get_raw(pid.encode(), partition)
+        state = decode_delivery_state(raw) if raw is not None else None
+        decision: ReplayDecision = decide_replay(state, request.request_id, pid in self._partition_of)
+        self.metrics.replays.labels(self.kind, decision).inc()
+        log.log(
+            logging.WARNING if decision in ("delivered", "unknown") else logging.INFO,
+            "replay request %s",
+            _REPLAY_DECISIONS[decision],
+            extra={
+                "postback_id": pid,
+                "kind": self.kind,
+                "destination_id": postback.get("destination_id"),
+                "replay_request_id": request.request_id,
+                "requested_by": request.requested_by,
+            },
+        )
+        if decision != "start" or state is None:
+            return None
+        return replay_pending_state(state, postback, request.request_id, now, received)
+
+    async def _reject_unkeepable(self, postback: dict[str, Any], attempts: int) -> None:
         now = datetime.now(UTC)
         outcome = unkeepable_outcome("the broker refused it as too large")
-        await self._on_final(FinalOutcome(postback, "rejected", 0, outcome, 0.0, now, now))
+        await self._on_final(FinalOutcome(postback, "rejected", attempts, outcome, 0.0, now, now))
 
     async def _on_final(self, final: FinalOutcome) -> None:
         pid = final.postback["postback_id"]
@@ -264,8 +328,9 @@ class Dispatcher:
             log.error("postback %s ended on no partition of this dispatcher's: not reported here", pid)
             return
         # decided (acknowledged) -> results and dead-letter -> final; see dispatchers/adapters/outcome_reports.py
-        await self._reports.report(partition, final)
+        await self._reports.report(partition, final, self._cycles.get(pid, FIRST_CYCLE))
         self._partition_of.pop(pid, None)
+        self._cycles.pop(pid, None)
         self._count_final(final)
         postback = final.postback
         # One line per delivery would be most of the log and a measurable share of the CPU at volume
@@ -309,11 +374,13 @@ class Dispatcher:
         for item in pending:
             pid = item.postback["postback_id"]
             partition = self._partition_of.pop(pid, None)
+            cycle = self._cycles.pop(pid, FIRST_CYCLE)
             if partition is not None:
-                states.append((partition, pid.encode(), pending_state(item, now)))
+                states.append((partition, pid.encode(), pending_state(item, now, cycle)))
         # What is left was reported, or its report cut by a stop: its state (decided, or still pending) is
         # in the changelog, and whoever is assigned its partition next takes it from there.
         self._partition_of.clear()
+        self._cycles.clear()
         await self._write_states(states)
 
     async def _write_states(
@@ -340,6 +407,8 @@ class Dispatcher:
             state = decode_delivery_state(raw)
             if state.status == "pending" and state.postback is not None:
                 self._partition_of[key.decode()] = partition
+                if state.cycle.number:
+                    self._cycles[key.decode()] = state.cycle
                 first = datetime.fromisoformat(state.first_attempt_at) if state.first_attempt_at else None
                 self._scheduler.submit(state.postback, attempts=state.attempts, first_attempt_at=first)
                 resumed += 1
@@ -357,6 +426,15 @@ class Dispatcher:
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         await self._park_pending()
+
+
+_REPLAY_DECISIONS: dict[ReplayDecision, str] = {
+    "start": "taken: a new delivery cycle of the postback starts",
+    "delivered": "refused: the postback was delivered, it is never replayed",
+    "duplicate": "read again: its delivery cycle was started already",
+    "not_final": "ignored: the postback is still being delivered",
+    "unknown": "ignored: this dispatcher has no delivery state of the postback",
+}
 
 
 class ProcessHealth:

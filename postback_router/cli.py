@@ -160,6 +160,77 @@ def api(http_port: int | None) -> None:
     _serve(run_api(settings), port_source)
 
 
+@main.command()
+@click.argument("conversion_id")
+@click.option(
+    "--api-url",
+    envvar="API_URL",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="The api to ask (API_URL). The bearer token is read from API_TOKEN, never from the command line.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the api's JSON document instead of text.")
+def trace(conversion_id: str, api_url: str, as_json: bool) -> None:
+    """Show what the service did with one conversion (GET /v1/conversions/{id} of the api)."""
+    from postback_router.trace_client import TraceNotFound, TraceRequestFailed, fetch_trace
+
+    token = os.environ.get("API_TOKEN", "").strip()
+    if not token:
+        _fail("API_TOKEN is not set: the trace is read from the api with its bearer token")
+    try:
+        document, raw = fetch_trace(api_url, token, conversion_id)
+    except TraceNotFound as exc:
+        click.echo(f"postback-router: {exc}", err=True)
+        sys.exit(1)
+    except TraceRequestFailed as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(raw)
+    else:
+        from postback_router.api.trace_document import trace_text
+
+        click.echo(trace_text(document))
+
+
+@main.command()
+@click.option("--destination", help="Only this destination_id (s2s:<host>, google_ads:<customer_id>, ...).")
+@click.option("--kind", type=click.Choice(KINDS), help="Only postbacks of this kind.")
+@click.option("--reason", help="Only this last reason of the results record (http_400, timeout, ...).")
+@click.option("--since", help="Failed at or after: a duration back from now (24h, 30m, 7d) or an RFC 3339 time.")
+@click.option("--until", help="Failed before: a duration back from now or an RFC 3339 time.")
+@click.option("--dry-run", is_flag=True, help="List what would be replayed; write nothing.")
+@click.option("--requested-by", default="cli", show_default=True, help="A label kept on each request (no emails).")
+def replay(
+    destination: str | None,
+    kind: str | None,
+    reason: str | None,
+    since: str | None,
+    until: str | None,
+    dry_run: bool,
+    requested_by: str,
+) -> None:
+    """Send again postbacks whose last outcome is rejected or dead_lettered (docs/replay.md)."""
+    from datetime import UTC, datetime
+
+    from postback_router.replay import BadTime, ReplayFilter, parse_moment
+    from postback_router.replay_command import run_replay
+
+    settings = _settings()
+    now = datetime.now(UTC)
+    try:
+        filters = ReplayFilter(
+            destination,
+            kind,
+            reason,
+            parse_moment(since, now) if since else None,
+            parse_moment(until, now) if until else None,
+        )
+    except BadTime as exc:
+        _fail(str(exc))
+    configure_logging("WARNING", settings.kafka_log_level, settings.log_format)
+    asyncio.run(run_replay(settings, filters, dry_run=dry_run, requested_by=requested_by))
+
+
 def _prepare(settings: Settings, port_source: str) -> None:
     """What every long-running process does first: check that its HTTP port is free, logging, then its topics.
 

@@ -67,13 +67,20 @@ class EmbeddedBroker:
                 self.process.wait()
 
 
-def start_broker(port: int | None = None, log_path: str | None = None) -> EmbeddedBroker:
-    """Start Tansu on 127.0.0.1 (a free port unless given) and wait until it accepts connections."""
+def start_broker(
+    port: int | None = None, log_path: str | None = None, advertised_port: int | None = None
+) -> EmbeddedBroker:
+    """Start Tansu on 127.0.0.1 (a free port unless given) and wait until it accepts connections.
+
+    `advertised_port`: the port the broker tells clients to connect to (its own by default); a test puts
+    a TLS-terminating proxy there, since clients follow the metadata, not the bootstrap address.
+    """
     port = port or free_loopback_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     output = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     process = subprocess.Popen(
-        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
         stdout=output,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -13,6 +13,7 @@ from typing import Any
 
 SCHEMA_NAMES = (
     "conversion",
+    "click",
     "campaign-rules",
     "offer-source",
     "matched-postback",

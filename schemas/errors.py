@@ -21,6 +21,7 @@ InvalidReason = Literal[
     "key_mismatch",
     "invalid_rule",
     "processing_error",
+    "unknown_click",  # a conversion without campaign_id whose click did not arrive within the grace period
 ]
 
 

@@ -40,6 +40,7 @@ from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.protocol.metadata import MetadataRequest
 from prometheus_client import CollectorRegistry, Counter
 
+from service.kafka_connection import KafkaConnection
 from service.kafka_io import Record, read_partitions
 
 log = logging.getLogger(__name__)
@@ -301,14 +302,14 @@ class Changelog(Protocol):
 
 
 class KafkaChangelog:
-    def __init__(self, bootstrap_servers: str) -> None:
-        self._bootstrap = bootstrap_servers
+    def __init__(self, kafka: KafkaConnection) -> None:
+        self._kafka = kafka
 
     async def inspect(self, topic: str, offsets: Mapping[int, int]) -> tuple[str | None, dict[int, LivePartition]]:
         # auto_offset_reset="none": an offset past the end must not silently become "the end" (a real
         # Kafka answers OFFSET_OUT_OF_RANGE; the development broker answers nothing, with its high watermark).
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False, auto_offset_reset="none"
+            **self._kafka.client_kwargs(), group_id=None, enable_auto_commit=False, auto_offset_reset="none"
         )
         await consumer.start()
         try:
@@ -319,7 +320,7 @@ class KafkaChangelog:
 
     def read(self, topic: str, start: Mapping[int, int]) -> AsyncGenerator[list[Record], None]:
         tps = {TopicPartition(topic, p): offset for p, offset in start.items()}
-        return read_partitions(self._bootstrap, list(tps), tps)
+        return read_partitions(self._kafka, list(tps), tps)
 
 
 async def _cluster_id(consumer: AIOKafkaConsumer, topic: str) -> str | None:
@@ -377,7 +378,7 @@ class ChangelogStore:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: KafkaConnection,
         changelog_topic: str,
         backend: str,
         directory: Path,
@@ -389,7 +390,7 @@ class ChangelogStore:
         self._backend = backend
         self._directory = directory.absolute()
         self._metrics = metrics
-        self._changelog: Changelog = changelog or KafkaChangelog(bootstrap_servers)
+        self._changelog: Changelog = changelog or KafkaChangelog(kafka)
         self._partitions: dict[int, PartitionState] = {}
         if backend != "memory":
             relative = "" if directory.is_absolute() else ", relative to the working directory"

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, KeysView
 from typing import Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.errors import InvalidInput
+from service.kafka_connection import KafkaConnection
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -32,16 +33,23 @@ FETCH_TIMEOUT_MS = 200
 class CompactedTopicView(Generic[T]):
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: KafkaConnection,
         topic: str,
         parse: Callable[[bytes | None, bytes], T],
         on_change: Callable[[int], None] | None = None,
+        keep_timestamps: bool = False,
     ) -> None:
         self.topic = topic
-        self._bootstrap = bootstrap_servers
+        self._kafka = kafka
         self._parse = parse
         self._on_change = on_change
         self._values: dict[str, T] = {}
+        # The timestamp of the record that wrote each key (the api's lists show it); off for the
+        # workers, which need no more than the values.
+        self._timestamps: dict[str, int] | None = {} if keep_timestamps else None
+        # Counts applied records: a reader that caches something derived from the keys (the api's
+        # sorted ids) knows when to derive it again.
+        self.applied = 0
         self._positions: dict[TopicPartition, int] = {}
         self._consumer: AIOKafkaConsumer | None = None
         # A second client for end-offset queries: on the reading consumer's connection they would
@@ -58,13 +66,20 @@ class CompactedTopicView(Generic[T]):
     def __len__(self) -> int:
         return len(self._values)
 
+    def keys(self) -> KeysView[str]:
+        return self._values.keys()
+
+    def timestamp_ms(self, key: str) -> int | None:
+        """When the record that wrote `key` was produced (its Kafka timestamp), if timestamps are kept."""
+        return None if self._timestamps is None else self._timestamps.get(key)
+
     @property
     def recovered(self) -> bool:
         return self._recovered.is_set()
 
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+            **self._kafka.client_kwargs(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -72,7 +87,7 @@ class CompactedTopicView(Generic[T]):
         )
         await consumer.start()
         self._consumer = consumer
-        self._offsets_client = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None)
+        self._offsets_client = AIOKafkaConsumer(**self._kafka.client_kwargs(), group_id=None)
         await self._offsets_client.start()
         partitions = await self._partitions(consumer)
         consumer.assign(partitions)
@@ -159,7 +174,7 @@ class CompactedTopicView(Generic[T]):
             batches = await consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS)
             for tp, records in batches.items():
                 for record in records:
-                    self._apply(record.key, record.value, tp.partition, record.offset)
+                    self._apply(record.key, record.value, tp.partition, record.offset, record.timestamp)
             for tp in self._positions:
                 self._positions[tp] = await consumer.position(tp)
             if not self._recovered.is_set() and self._reached(recovery_targets):
@@ -171,16 +186,23 @@ class CompactedTopicView(Generic[T]):
         log.info("view recovered", extra={"topic": self.topic, "keys": len(self._values)})
         self._recovered.set()
 
-    def _apply(self, raw_key: bytes | None, raw_value: bytes | None, partition: int, offset: int) -> None:
+    def _apply(
+        self, raw_key: bytes | None, raw_value: bytes | None, partition: int, offset: int, timestamp_ms: int = -1
+    ) -> None:
+        self.applied += 1
         if raw_key is None:
             self.invalid_skipped += 1
             return
         key = raw_key.decode("utf-8", errors="replace")
         if raw_value is None:
             self._values.pop(key, None)
+            if self._timestamps is not None:
+                self._timestamps.pop(key, None)
         else:
             try:
                 self._values[key] = self._parse(raw_key, raw_value)
+                if self._timestamps is not None:
+                    self._timestamps[key] = timestamp_ms
             except InvalidInput as error:
                 # keep the previous valid value: a bad publish must not switch a campaign off
                 self.invalid_skipped += 1

@@ -175,14 +175,14 @@ class GroupMember:
     async def run(self, background: Sequence[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = ()) -> None:
         """Join the group and handle batches until `stop()`; `background`: (task name, coroutine) run meanwhile."""
         settings = self._settings
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=1)
+        self.producer = AIOKafkaProducer(**settings.kafka.client_kwargs(), acks="all", linger_ms=1)
         await self.producer.start()
         self._readiness.set("kafka", True)
         tasks: list[asyncio.Task[None]] = []
         try:
             await self._app.prepare()
             self.consumer = AIOKafkaConsumer(
-                bootstrap_servers=settings.bootstrap_servers,
+                **settings.kafka.client_kwargs(),
                 group_id=self.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",

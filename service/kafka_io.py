@@ -29,6 +29,8 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 
+from service.kafka_connection import KafkaConnection
+
 log = logging.getLogger(__name__)
 
 # A failed produce (broker unreachable, leader moving) is retried with its input uncommitted, so
@@ -71,9 +73,9 @@ def as_bytes(value: Any) -> bytes | None:
     return orjson.dumps(value)
 
 
-async def produce(bootstrap: str, topic: str, records: Iterable[tuple[Any, Any]]) -> None:
+async def produce(kafka: KafkaConnection, topic: str, records: Iterable[tuple[Any, Any]]) -> None:
     """Send (key, value) pairs and wait until the broker has acknowledged all of them."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    producer = AIOKafkaProducer(**kafka.client_kwargs(), acks="all", linger_ms=2)
     await producer.start()
     try:
         pending = [await producer.send(topic, key=as_bytes(k), value=as_bytes(v)) for k, v in records]
@@ -231,7 +233,7 @@ class Record:
 
 
 async def read_partitions(
-    bootstrap: str, partitions: list[TopicPartition], start: dict[TopicPartition, int] | None = None
+    kafka: KafkaConnection, partitions: list[TopicPartition], start: dict[TopicPartition, int] | None = None
 ) -> AsyncGenerator[list[Record], None]:
     """Every record of `partitions` from `start` (default: the beginning) up to their current end, in batches.
 
@@ -239,7 +241,7 @@ async def read_partitions(
     the last batch's base offset + 1, short of its last record. The high watermark in fetch
     responses is right, so the read ends only once every partition is past both.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(partitions)
@@ -266,10 +268,10 @@ async def read_partitions(
         await consumer.stop()
 
 
-async def end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+async def end_offsets(kafka: KafkaConnection, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
     """Each partition's end as ListOffsets answers it: exact on Kafka, short on the development broker
     (see read_partitions), so only ever a lower bound of where the next record will land."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         return dict(await consumer.end_offsets(partitions))
@@ -277,8 +279,8 @@ async def end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> dict[
         await consumer.stop()
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+async def partitions_of(kafka: KafkaConnection, topic: str) -> list[TopicPartition]:
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None)
     await consumer.start()
     try:
         await consumer.topics()
@@ -287,12 +289,12 @@ async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
         await consumer.stop()
 
 
-async def read_topic(bootstrap: str, topic: str) -> list[Record]:
+async def read_topic(kafka: KafkaConnection, topic: str) -> list[Record]:
     """Everything in `topic` right now, from the beginning, ordered by partition and offset."""
-    partitions = await partitions_of(bootstrap, topic)
+    partitions = await partitions_of(kafka, topic)
     if not partitions:
         return []
     records: list[Record] = []
-    async for batch in read_partitions(bootstrap, partitions):
+    async for batch in read_partitions(kafka, partitions):
         records.extend(batch)
     return sorted(records, key=lambda r: (r.partition, r.offset))

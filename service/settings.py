@@ -13,11 +13,20 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import phonenumbers
 
 from schemas.kinds import DEFAULT_VERSIONS, KINDS, STATUSES, VERSION_SETTINGS, normalize_version
+from schemas.status_maps import DEFAULT_STATUS_MAP, folded, status_map_errors
+from service.kafka_connection import (
+    SASL_MECHANISMS,
+    SECURITY_PROTOCOLS,
+    KafkaConnection,
+    KafkaSecurity,
+    build_ssl_context,
+)
 
 __all__ = [
     "KINDS",
@@ -109,6 +118,9 @@ class Topics:
     # Compacted: the non-personal fields of each conversion taken in by the api, so that
     # PATCH /v1/conversions/{id} can publish an update of it (see postback_router/api).
     conversion_index: str = "conversions.index"
+    # Clicks (key: click_id), partitioned like `conversions`: what completes a conversion sent without
+    # its campaign (streams/click_join.py). Not compacted: its retention should cover the attribution window.
+    clicks: str = "clicks"
     prefix: str = ""
 
     def invalid(self, topic: str) -> str:
@@ -131,6 +143,7 @@ class Topics:
             self.dead_letter,
             self.evaluations,
             self.conversion_index,
+            self.clicks,
         )
 
 
@@ -146,12 +159,21 @@ class Settings:
     max_conversion_bytes: int = 65_536
     fired_state_retention_seconds: int = 90 * 86400
     fired_state_sweep_interval_seconds: float = 3600
+    # Conversions without campaign_id (streams/click_join.py): clicks older than the window are not
+    # joined (and are swept from the local store); a conversion waits this long for its click.
+    click_attribution_window_seconds: int = 30 * 86400
+    click_grace_period_seconds: float = 600.0
     state_store: str = "rocksdb://"
     state_dir: str = "var/state"
     auto_create_topics: bool = True
     topic_partitions: int = 8
     topic_replication_factor: int | None = None  # None: min(3, brokers in the cluster)
-    emit_evaluations: bool = False
+    # One record per evaluated conversion version on `conversions.evaluated` (the api's trace index
+    # reads it); kept for evaluations_retention_seconds, the trace index for trace_retention_seconds.
+    emit_evaluations: bool = True
+    evaluations_retention_seconds: int = 30 * 86400
+    trace_retention_seconds: int = 30 * 86400
+    trace_sweep_interval_seconds: float = 3600
     batch_max_size: int = 1000
     session_timeout_seconds: float = 30.0
     heartbeat_interval_seconds: float = 3.0
@@ -190,7 +212,16 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     intake_secret: str | None = field(default=None, repr=False)
     api_max_body_bytes: int = 1_048_576
+    # Intake: status text -> status (folded keys, schemas/status_maps.py), after an offer source's status_map.
+    intake_status_map: Mapping[str, str] = field(default_factory=lambda: folded(DEFAULT_STATUS_MAP))
     extra: Mapping[str, str] = field(default_factory=dict)
+    # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*: its passwords are kept out of its repr().
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    @cached_property
+    def kafka(self) -> KafkaConnection:
+        """How every Kafka client of the process reaches the cluster (one TLS context shared by all)."""
+        return KafkaConnection(self.bootstrap_servers, self.kafka_security)
 
     @property
     def destination_defaults(self) -> DestinationLimits:
@@ -211,6 +242,12 @@ class Settings:
     def delivery_state_changelog(self, kind: str) -> str:
         """The compacted changelog of a dispatcher's delivery state: one partition per postbacks partition."""
         return f"{self.topics.prefix}{self.app_id}-dispatch-{kind}-state"
+
+    @property
+    def awaiting_click_changelog(self) -> str:
+        """The compacted changelog of the conversions waiting for their click: one partition per conversions
+        partition (streams/click_join.py)."""
+        return f"{self.topics.prefix}{self.app_id}-awaiting-click-changelog"
 
     @property
     def fired_state_changelog(self) -> str:
@@ -294,6 +331,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         dead_letter=_topic(env, prefix, "TOPIC_DEAD_LETTER", f"{postbacks_prefix}.dead-letter"),
         evaluations=_topic(env, prefix, "TOPIC_EVALUATIONS", "conversions.evaluated"),
         conversion_index=_topic(env, prefix, "TOPIC_CONVERSION_INDEX", "conversions.index"),
+        clicks=_topic(env, prefix, "TOPIC_CLICKS", "clicks"),
         prefix=prefix,
     )
     default_status = env.get("DEFAULT_STATUS", "approved")
@@ -347,12 +385,21 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         max_conversion_bytes=_int("MAX_CONVERSION_BYTES", env.get("MAX_CONVERSION_BYTES", "65536"), 256, 16_777_216),
         fired_state_retention_seconds=retention,
         fired_state_sweep_interval_seconds=sweep_interval,
+        click_attribution_window_seconds=max(
+            1, int(_positive("CLICK_ATTRIBUTION_WINDOW", env.get("CLICK_ATTRIBUTION_WINDOW", "30d")))
+        ),
+        click_grace_period_seconds=_positive("CLICK_GRACE_PERIOD", env.get("CLICK_GRACE_PERIOD", "10m")),
         state_store=state_store,
         state_dir=env.get("STATE_DIR", "var/state"),
         auto_create_topics=_bool("AUTO_CREATE_TOPICS", env.get("AUTO_CREATE_TOPICS", "true")),
         topic_partitions=_int("TOPIC_PARTITIONS", env.get("TOPIC_PARTITIONS", "8"), 1, 10_000),
         topic_replication_factor=replication,
-        emit_evaluations=_bool("EMIT_EVALUATIONS", env.get("EMIT_EVALUATIONS", "false")),
+        emit_evaluations=_bool("EMIT_EVALUATIONS", env.get("EMIT_EVALUATIONS", "true")),
+        evaluations_retention_seconds=max(
+            1, int(_positive("EVALUATIONS_RETENTION", env.get("EVALUATIONS_RETENTION", "30d")))
+        ),
+        trace_retention_seconds=max(1, int(_positive("TRACE_RETENTION", env.get("TRACE_RETENTION", "30d")))),
+        trace_sweep_interval_seconds=_positive("TRACE_SWEEP_INTERVAL", env.get("TRACE_SWEEP_INTERVAL", "1h")),
         batch_max_size=_int("BATCH_MAX_SIZE", env.get("BATCH_MAX_SIZE", "1000"), 1, 100_000),
         session_timeout_seconds=session_timeout,
         heartbeat_interval_seconds=heartbeat,
@@ -382,7 +429,24 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_kafka: bool =
         api_token=_secret("API_TOKEN", env.get("API_TOKEN", "")),
         intake_secret=_secret("INTAKE_SECRET", env.get("INTAKE_SECRET", "")),
         api_max_body_bytes=_int("API_MAX_BODY_BYTES", env.get("API_MAX_BODY_BYTES", "1048576"), 1024, 67_108_864),
+        intake_status_map=_intake_status_map(env.get("INTAKE_STATUS_MAP", "")),
+        kafka_security=_kafka_security(env),
     )
+
+
+def _intake_status_map(raw: str) -> dict[str, str]:
+    """INTAKE_STATUS_MAP: a JSON object that replaces the default status map of intake (so that an
+    entry can be removed too); unset or empty, the default (schemas/status_maps.py)."""
+    if not raw.strip():
+        return folded(DEFAULT_STATUS_MAP)
+    try:
+        document = json.loads(raw)
+    except ValueError:
+        raise SettingsError('INTAKE_STATUS_MAP is not JSON: give an object such as {"sale": "approved"}') from None
+    errors = status_map_errors(document, "INTAKE_STATUS_MAP")
+    if errors:
+        raise SettingsError("; ".join(f"{e.field}: {e.message}" for e in errors[:5]))
+    return folded(document)
 
 
 def _secret(name: str, raw: str) -> str | None:
@@ -557,3 +621,120 @@ def _back_pressure(env: Mapping[str, str]) -> tuple[int, int]:
     if resume >= max_pending:
         raise SettingsError(f"DISPATCH_RESUME_PENDING={resume}: must be below DISPATCH_MAX_PENDING ({max_pending})")
     return max_pending, resume
+
+
+# --- Kafka security: KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_* (docs/kafka-security.md) ---
+
+_SASL_SETTINGS = ("KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD", "KAFKA_SASL_PASSWORD_FILE")
+_SSL_SETTINGS = (
+    "KAFKA_SSL_CAFILE",
+    "KAFKA_SSL_CERTFILE",
+    "KAFKA_SSL_KEYFILE",
+    "KAFKA_SSL_KEY_PASSWORD",
+    "KAFKA_SSL_KEY_PASSWORD_FILE",
+    "KAFKA_SSL_CHECK_HOSTNAME",
+)
+
+
+def _secret_value(env: Mapping[str, str], name: str) -> str | None:
+    """`<name>` or the content of the file `<name>_FILE` (a mounted Secret), never both; None when neither.
+
+    One trailing line break of the file is dropped (`echo secret > file` adds one). No message shows the
+    value, only the variable and the file's path.
+    """
+    inline = env.get(name, "")
+    path = env.get(f"{name}_FILE", "").strip()
+    if inline and path:
+        raise SettingsError(f"{name} and {name}_FILE are both set: use one of them")
+    if not path:
+        return inline or None
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{name}_FILE={path}: cannot be read ({exc.__class__.__name__})") from None
+    value = value.removesuffix("\n").removesuffix("\r")
+    if not value:
+        raise SettingsError(f"{name}_FILE={path}: the file is empty")
+    return value
+
+
+def _readable_file(env: Mapping[str, str], name: str) -> str | None:
+    path = env.get(name, "").strip()
+    if not path:
+        return None
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise SettingsError(f"{name}={path}: no such readable file (a mounted Secret or ConfigMap?)")
+    return path
+
+
+def _kafka_security(env: Mapping[str, str]) -> KafkaSecurity:
+    """How the clients authenticate and encrypt; a setting the protocol would ignore is refused, not ignored."""
+    protocol = env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").strip().upper() or "PLAINTEXT"
+    if protocol not in SECURITY_PROTOCOLS:
+        raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={protocol!r}: must be one of {', '.join(SECURITY_PROTOCOLS)}")
+    uses_sasl = protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+    uses_ssl = protocol in ("SSL", "SASL_SSL")
+    for group, used, what, protocols in (
+        (_SASL_SETTINGS, uses_sasl, "SASL", "SASL_SSL or SASL_PLAINTEXT"),
+        (_SSL_SETTINGS, uses_ssl, "TLS", "SSL or SASL_SSL"),
+    ):
+        stray = [name for name in group if env.get(name, "").strip()]
+        if stray and not used:
+            raise SettingsError(
+                f"{stray[0]} is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use {what}: "
+                f"set KAFKA_SECURITY_PROTOCOL to {protocols}, or unset {stray[0]}"
+            )
+    security = KafkaSecurity(protocol=protocol)
+    if uses_sasl:
+        security = dataclasses.replace(security, **_sasl(env, protocol))
+    if uses_ssl:
+        security = dataclasses.replace(security, **_ssl(env))
+        try:
+            build_ssl_context(security)  # refuse unusable files at start-up, not at the first connection
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+    return security
+
+
+def _sasl(env: Mapping[str, str], protocol: str) -> dict[str, Any]:
+    mechanism = env.get("KAFKA_SASL_MECHANISM", "").strip().upper()
+    if mechanism == "OAUTHBEARER":
+        raise SettingsError(
+            "KAFKA_SASL_MECHANISM=OAUTHBEARER is not supported: the Kafka client (aiokafka) needs a token "
+            "provider written for your identity provider (MSK IAM, Confluent OAuth), which this service does "
+            f"not ship; use one of {', '.join(SASL_MECHANISMS)}"
+        )
+    if mechanism not in SASL_MECHANISMS:
+        raise SettingsError(
+            f"KAFKA_SASL_MECHANISM={mechanism!r}: KAFKA_SECURITY_PROTOCOL={protocol} needs one of "
+            f"{', '.join(SASL_MECHANISMS)}"
+        )
+    username = env.get("KAFKA_SASL_USERNAME", "").strip()
+    if not username:
+        raise SettingsError(f"KAFKA_SASL_USERNAME is not set: KAFKA_SECURITY_PROTOCOL={protocol} needs it")
+    password = _secret_value(env, "KAFKA_SASL_PASSWORD")
+    if password is None:
+        raise SettingsError(
+            f"KAFKA_SASL_PASSWORD (or KAFKA_SASL_PASSWORD_FILE) is not set: KAFKA_SECURITY_PROTOCOL={protocol} needs it"
+        )
+    return {"sasl_mechanism": mechanism, "sasl_username": username, "sasl_password": password}
+
+
+def _ssl(env: Mapping[str, str]) -> dict[str, Any]:
+    certfile = _readable_file(env, "KAFKA_SSL_CERTFILE")
+    keyfile = _readable_file(env, "KAFKA_SSL_KEYFILE")
+    key_password = _secret_value(env, "KAFKA_SSL_KEY_PASSWORD")
+    if keyfile and not certfile:
+        raise SettingsError(
+            "KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE: the key belongs to a client certificate"
+        )
+    if key_password is not None and not certfile:
+        raise SettingsError("KAFKA_SSL_KEY_PASSWORD is set without KAFKA_SSL_CERTFILE: there is no key to decrypt")
+    return {
+        "ssl_cafile": _readable_file(env, "KAFKA_SSL_CAFILE"),
+        "ssl_certfile": certfile,
+        "ssl_keyfile": keyfile,
+        "ssl_key_password": key_password,
+        "ssl_check_hostname": _bool("KAFKA_SSL_CHECK_HOSTNAME", env.get("KAFKA_SSL_CHECK_HOSTNAME", "true")),
+    }

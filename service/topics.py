@@ -10,6 +10,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from service.kafka_connection import KafkaConnection
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,25 +26,25 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     The fired-state changelog gets as many partitions as `conversions`: partition p of the changelog
     holds the state of the conversions on partition p.
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs(), request_timeout_ms=15000)
     try:
         await asyncio.wait_for(admin.start(), CONNECT_TIMEOUT_SECONDS)
     except Exception as exc:
-        raise RuntimeError(
-            f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers!r}: {exc}"
-        ) from None
+        tls_error = await settings.kafka.tls_handshake_error()
+        hint = f"; {tls_error} (see KAFKA_SSL_CAFILE, KAFKA_SSL_CHECK_HOSTNAME)" if tls_error else ""
+        raise RuntimeError(f"cannot reach Kafka at {settings.kafka.describe()}: {exc}{hint}") from None
     try:
         replication = settings.topic_replication_factor or min(3, len(await _broker_ids(admin)) or 1)
         compacted = set(settings.topics.compacted)
         await _create_missing(admin, settings, list(settings.topics.all()), settings.topic_partitions, replication)
-        counts = await partition_counts(settings.bootstrap_servers, settings.topics.all())
+        counts = await partition_counts(settings.kafka, settings.topics.all())
         for changelog, source in changelogs(settings):
             compacted.add(changelog)
             await _create_missing(admin, settings, [changelog], counts[source], replication, compact=True)
-        counts.update(await partition_counts(settings.bootstrap_servers, [c for c, _ in changelogs(settings)]))
+        counts.update(await partition_counts(settings.kafka, [c for c, _ in changelogs(settings)]))
     finally:
         await admin.close()
-    for changelog, source in changelogs(settings):
+    for changelog, source in [*changelogs(settings), (settings.topics.clicks, settings.topics.conversions)]:
         if counts[changelog] != counts[source]:
             raise RuntimeError(
                 f"{changelog} has {counts[changelog]} partitions but {source} has {counts[source]}: they must "
@@ -55,6 +56,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
 def changelogs(settings: Settings) -> list[tuple[str, str]]:
     """(changelog topic, the input topic it is partitioned like) for every piece of partitioned state."""
     pairs = [(settings.fired_state_changelog, settings.topics.conversions)]
+    pairs.append((settings.awaiting_click_changelog, settings.topics.conversions))
     pairs += [(settings.delivery_state_changelog(kind), topic) for kind, topic in settings.topics.postbacks.items()]
     return pairs
 
@@ -96,6 +98,10 @@ def topic_configs(settings: Settings, topic: str, compact: bool = False) -> dict
     if topic == settings.topics.conversion_index:
         retention_ms = settings.fired_state_retention_seconds * 1000
         return {"cleanup.policy": "compact,delete", "retention.ms": str(retention_ms)}
+    if topic == settings.topics.evaluations:  # what the trace index reads; older ones age out of it too
+        return {"retention.ms": str(settings.evaluations_retention_seconds * 1000)}
+    if topic == settings.topics.clicks:  # a click older than the attribution window is never joined
+        return {"retention.ms": str(settings.click_attribution_window_seconds * 1000)}
     if compact or topic in settings.topics.compacted:
         return {"cleanup.policy": "compact"}
     return {}
@@ -105,7 +111,7 @@ async def replication_factor(settings: Settings) -> int:
     """TOPIC_REPLICATION_FACTOR, or min(3, the cluster's brokers) when it is `auto`."""
     if settings.topic_replication_factor:
         return settings.topic_replication_factor
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_kwargs(), request_timeout_ms=15000)
     await admin.start()
     try:
         return min(3, len(await _broker_ids(admin)) or 1)
@@ -118,8 +124,8 @@ async def _broker_ids(admin: AIOKafkaAdminClient) -> list[int]:
     return [broker["node_id"] for broker in cluster.get("brokers", [])]
 
 
-async def partition_counts(bootstrap_servers: str, topics: tuple[str, ...] | list[str]) -> dict[str, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None)
+async def partition_counts(kafka: KafkaConnection, topics: tuple[str, ...] | list[str]) -> dict[str, int]:
+    consumer = AIOKafkaConsumer(**kafka.client_kwargs(), group_id=None)
     await consumer.start()
     try:
         counts: dict[str, int] = {}

@@ -35,6 +35,7 @@ from service.group_member import Batch, GroupMember
 from service.kafka_io import Outgoing, until_done
 from service.ops_http import Liveness, Readiness, new_registry, ops_server
 from service.settings import Settings
+from streams.click_join import ClickJoin, ConversionsPartitionStores
 from streams.core.batch import ConversionBatchProcessor, MatcherConfig, OutgoingMessage, SourceRecord, utc_rfc3339
 from streams.core.fired_record import encode_fired_record
 from streams.core.offer_sources import OfferSource, parse_offer_source
@@ -57,19 +58,29 @@ class MatchingWorker:
         self._kafka_health = KafkaHealth(self.registry, self.readiness)
         # /healthz: the batch loop completes what it fetched within STALL_TIMEOUT.
         self.liveness = Liveness(settings.stall_timeout_seconds)
-        bootstrap = settings.bootstrap_servers
+        kafka = settings.kafka
         self.rules: CompactedTopicView[CampaignRules] = CompactedTopicView(
-            bootstrap, self.topics.campaign_rules, parse_campaign_rules, self.metrics.rules_campaigns.set
+            kafka, self.topics.campaign_rules, parse_campaign_rules, self.metrics.rules_campaigns.set
         )
         self.offer_sources: CompactedTopicView[OfferSource] = CompactedTopicView(
-            bootstrap, self.topics.offer_sources, parse_offer_source, self.metrics.offer_sources.set
+            kafka, self.topics.offer_sources, parse_offer_source, self.metrics.offer_sources.set
         )
+        state_metrics = StateStoreMetrics(self.registry)
         self.store = FiredStore(
-            bootstrap,
+            kafka,
             settings.fired_state_changelog,
             "memory" if settings.state_store == "memory://" else "rocksdb",
             Path(settings.state_dir) / settings.app_id,
-            metrics=StateStoreMetrics(self.registry),
+            metrics=state_metrics,
+        )
+        # conversions without campaign_id, completed from their click (streams/click_join.py)
+        self.click_join = ClickJoin(
+            settings,
+            "memory" if settings.state_store == "memory://" else "rocksdb",
+            Path(settings.state_dir) / settings.app_id,
+            state_metrics,
+            # the series appears with its first refusal, like every reason's
+            count_unknown=lambda n: self.metrics.conversions_invalid.labels("unknown_click").inc(n),
         )
         self.processor = ConversionBatchProcessor(
             MatcherConfig(
@@ -90,7 +101,11 @@ class MatchingWorker:
             settings,
             group_id=settings.app_id,
             topics=[self.topics.conversions, self.topics.campaign_rules, self.topics.offer_sources],
-            stores={self.topics.conversions: self.store},
+            stores={
+                self.topics.conversions: ConversionsPartitionStores(
+                    self.store, self.click_join.clicks, self.click_join.awaiting
+                )
+            },
             readiness=self.readiness,
             consumer_check="consumer",
             restore_check="fired_state",
@@ -107,8 +122,15 @@ class MatchingWorker:
         settings = self.settings
         server = ops_server(settings.http_host, settings.http_port, self.registry, self.readiness, self.liveness)
         await server.start()
+        join, sweep_interval = self.click_join, settings.fired_state_sweep_interval_seconds
         try:
-            await self.member.run(background=[("fired-state-sweep", self._sweep_periodically)])
+            await self.member.run(
+                background=[
+                    ("fired-state-sweep", self._sweep_periodically),
+                    ("awaiting-click-recheck", lambda: join.recheck_periodically(self.member, self.handle)),
+                    ("click-sweep", lambda: join.sweep_periodically(self.member, sweep_interval)),
+                ]
+            )
         finally:
             await server.stop()
             log.info("worker stopped")
@@ -146,9 +168,13 @@ class MatchingWorker:
                 conversions.extend(sources)
             else:
                 messages.extend(self._check_compacted_records(sources))
+        join = await self.click_join.plan(conversions, time.time(), utc_rfc3339(datetime.now(UTC)))
+        conversions = join.ready
+        messages.extend(join.messages)
         if not conversions:
             if messages:
                 await self.member.send(_outgoing(messages), "producing invalid-record messages")
+            await self.click_join.write(self.member, join)
             return
         await until_done(
             self._catch_up_views, "reading the latest rules", self._kafka_health, give_up=self.member.writes_given_up()
@@ -162,6 +188,7 @@ class MatchingWorker:
             for cid, record in result.fired_updates.items()
         ]
         await self.member.write_changelog(self.store, changes, "writing the fired-state changelog")
+        await self.click_join.write(self.member, join)  # after the outputs: a crash repeats the batch
         self._count(result, len(conversions), time.perf_counter() - started)
         if result.invalid:  # rare: the batch's messages are looked through only then
             self._log_refused(result.messages)

@@ -27,6 +27,7 @@ from devtools.chaos.schedule import Event, make_schedule
 from devtools.chaos.sink_process import RemoteSink, merge_ledger
 from devtools.demo import DemoPlatforms
 from postback_router.embedded_broker import kafka_for_local_use
+from service.kafka_connection import KafkaConnection
 from service.kafka_io import partitions_of, produce, read_topic
 from service.settings import Topics, load_settings
 from service.topics import ensure_topics
@@ -70,10 +71,14 @@ class ResultsFollower:
     finished: set[str] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
 
+    @property
+    def kafka(self) -> KafkaConnection:
+        return KafkaConnection.plaintext(self.bootstrap)  # devtools run against a PLAINTEXT broker
+
     async def start(self) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
         await consumer.start()
-        partitions = await partitions_of(self.bootstrap, self.topic)
+        partitions = await partitions_of(self.kafka, self.topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         self._task = asyncio.create_task(self._follow(consumer))
@@ -90,7 +95,7 @@ class ResultsFollower:
             await consumer.stop()
 
     async def reread(self) -> None:
-        for record in await read_topic(self.bootstrap, self.topic):
+        for record in await read_topic(self.kafka, self.topic):
             result = record.json()
             if result["result"] in ("delivered", "rejected", "dead_lettered"):
                 self.finished.add(result["postback_id"])
@@ -121,6 +126,7 @@ async def run_chaos(options: RunOptions) -> bool:
     started = time.monotonic()
     rng = random.Random(options.seed)
     with kafka_for_local_use() as bootstrap:
+        kafka = KafkaConnection.plaintext(bootstrap)
         embedded = not os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         prefix = f"chaos-{uuid.uuid4().hex[:6]}."
         workdir = tempfile.mkdtemp(prefix="postback-router-chaos-")
@@ -153,12 +159,12 @@ async def run_chaos(options: RunOptions) -> bool:
         topics = settings.topics
         await ensure_topics(settings)
         await produce(
-            bootstrap,
+            kafka,
             topics.offer_sources,
             [(k, {"offer_source_id": k, "default_status": v}) for k, v in OFFER_SOURCES.items()],
         )
         await produce(
-            bootstrap,
+            kafka,
             topics.campaign_rules,
             [(c, rule_document(c, entries, sink_urls)) for c, entries in plan.campaigns.items()],
         )
@@ -183,10 +189,10 @@ async def run_chaos(options: RunOptions) -> bool:
             sink.stop()
             await platforms.stop()
         say("reading back every topic and log")
-        results = [r.json() for r in await read_topic(bootstrap, topics.results)]
+        results = [r.json() for r in await read_topic(kafka, topics.results)]
         invalid = {
             (r.json()["source"]["partition"], r.json()["source"]["offset"])
-            for r in await read_topic(bootstrap, topics.invalid(topics.conversions))
+            for r in await read_topic(kafka, topics.invalid(topics.conversions))
         }
         found = await scan_for_leaks(bootstrap, prefix, topics, workdir, platform_env)
         expect = expectations(plan, driver.sent_at, driver.rules_changed_at, RULES_SETTLE_S)
@@ -270,7 +276,7 @@ async def scan_for_leaks(
     found: dict[str, dict[str, int]] = {}
     say(f"scanning {len(set(names) - inputs)} topics and the logs for personal data and secrets")
     for topic in sorted(set(names) - inputs):
-        records = await read_topic(bootstrap, topic)
+        records = await read_topic(KafkaConnection.plaintext(bootstrap), topic)
         for suffix, data in (
             ("", b"\n".join(r.value or b"" for r in records)),
             (" key", b"\n".join(r.key or b"" for r in records)),
@@ -304,6 +310,10 @@ class Driver:
     stale_copies: dict[str, str] = field(default_factory=dict)
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
+    @property
+    def kafka(self) -> KafkaConnection:
+        return KafkaConnection.plaintext(self.bootstrap)  # devtools run against a PLAINTEXT broker
+
     async def drive(self) -> bool:
         """Send the records over `seconds` while the events happen, then wait for every expected result."""
         seconds = self.options.seconds
@@ -321,7 +331,7 @@ class Driver:
             now = time.monotonic()
             due = min(len(records), int((now - start + 1) * per_second))
             if len(self.sent_at) < due:
-                await produce(self.bootstrap, self.topics.conversions, records[len(self.sent_at) : due])
+                await produce(self.kafka, self.topics.conversions, records[len(self.sent_at) : due])
                 self.sent_at.extend([time.monotonic()] * (due - len(self.sent_at)))
             while events and now - start >= events[0].at:
                 await self.happen(events.pop(0))
@@ -374,7 +384,7 @@ class Driver:
             processes.kill_and_restart(event.process, event.action, self.stale_copies.get(event.process))
         elif event.action == "rules":
             changed = [(c, rule_document(c, entries, self.sink.urls)) for c, entries in self.plan.changed.items()]
-            await produce(self.bootstrap, self.topics.campaign_rules, changed)
+            await produce(self.kafka, self.topics.campaign_rules, changed)
             self.rules_changed_at = time.monotonic()
             processes.note(f"rules of {len(changed)} campaigns changed")
         elif event.action == "rebalance_sigterm":

@@ -72,6 +72,14 @@ class DispatcherMetrics:
             ["kind"],
             registry=registry,
         )
+        self.replays = Counter(
+            "postback_replay_requests_total",
+            "Replay requests taken from postbacks.<kind>, by kind and decision: start (a new delivery cycle), "
+            "delivered (refused: it was delivered), duplicate (a request read again), not_final (ignored: "
+            "still being delivered), unknown (ignored: no delivery state), invalid (to dead-letter).",
+            ["kind", "decision"],
+            registry=registry,
+        )
         self.task_failures = Counter(
             "postback_dispatch_task_failures_total",
             "Delivery tasks that raised (logged; the task carries on or is replaced, its postbacks retried), "

@@ -15,7 +15,9 @@ Whoever is assigned the partition and finds a state still `decided` (its dispatc
 1 and 3, or stopped while Kafka was unreachable) reads each of those results and dead-letter partitions
 from the lowest offset recorded to its end, writes only the records whose postback_id is not there, and
 then the state `final`: a record is written twice only if it was still on its way to the broker when
-this read ended, which would take a previous owner still running after losing its partition.
+this read ended, which would take a previous owner still running after losing its partition. A record is
+found by its key and its replay number (absent: 0), so the record of an earlier delivery cycle of the same
+postback (a replay, dispatchers/core/replay.py) never stands in for the one of the cycle being reported.
 
 The partition ends come from this process's own acknowledged writes, and at first from ListOffsets
 (kafka_io.end_offsets: a lower bound even where the broker under-reports it); the check then reads
@@ -45,9 +47,17 @@ from dispatchers.core.delivery_records import (
     result_record,
     shrink_delivery_state,
 )
-from dispatchers.core.delivery_state import DeliveryState, EmitRecord, EmitRole, encode_delivery_state
+from dispatchers.core.delivery_state import (
+    FIRST_CYCLE,
+    DeliveryState,
+    EmitRecord,
+    EmitRole,
+    ReplayCycle,
+    encode_delivery_state,
+)
 from service.changelog_store import ChangelogStore
 from service.group_member import GroupMember
+from service.kafka_connection import KafkaConnection
 from service.kafka_io import Outgoing, end_offsets, read_partitions, until_done
 
 log = logging.getLogger(__name__)
@@ -57,14 +67,14 @@ StateChange = tuple[int, bytes, DeliveryState]  # (partition, postback_id, state
 
 class OutcomeReports:
     def __init__(
-        self, member: GroupMember, store: ChangelogStore, topics: Mapping[EmitRole, str], bootstrap: str
+        self, member: GroupMember, store: ChangelogStore, topics: Mapping[EmitRole, str], kafka: KafkaConnection
     ) -> None:
         """`topics`: where each role's records go (`results`, `dead_letter`)."""
         self._member = member
         self._store = store
         self._topics = dict(topics)
         self._roles = {topic: role for role, topic in self._topics.items()}
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._partitions: dict[str, list[int]] = {}  # topic -> its partitions, sorted
         self._ends: dict[TopicPartition, int] = {}  # a lower bound of each partition's end
         self._lookup = asyncio.Lock()
@@ -78,21 +88,22 @@ class OutcomeReports:
         refused = {(partition, key) for partition, key, _ in unwritten}
         return [change for change in states if (change[0], change[1]) in refused]
 
-    async def report(self, partition: int, final: Finished) -> None:
-        """The outcome of one postback of `partition`: decided (acknowledged), its records written, final."""
+    async def report(self, partition: int, final: Finished, cycle: ReplayCycle = FIRST_CYCLE) -> None:
+        """The outcome of one postback of `partition` (in its delivery `cycle`): decided (acknowledged), its
+        records written, final."""
         key = final.postback["postback_id"].encode()
-        records: list[tuple[EmitRole, dict[str, Any]]] = [("results", result_record(final))]
+        records: list[tuple[EmitRole, dict[str, Any]]] = [("results", result_record(final, cycle.number))]
         if final.result != "delivered":
-            dead = dead_letter_record(final)
+            dead = dead_letter_record(final, cycle.number)
             if final.last_outcome.reason == UNKEEPABLE_REASON:
                 dead = bounded_dead_letter(dead)  # the postback is known to be too large to write whole
             records.append(("dead_letter", dead))
         emit = tuple([await self._placed(role, key, value) for role, value in records])
-        unwritten = await self.write_states([(partition, key, decided_state(final, emit, int(time.time())))])
+        unwritten = await self.write_states([(partition, key, decided_state(final, emit, int(time.time()), cycle))])
         if unwritten:  # not even bounded: without it a crash from here on may report this postback twice
             log.error("the decided state of postback %s could not be written; reporting it anyway", key.decode())
         await self._emit([(key, emit)])
-        await self.write_states([(partition, key, final_state(final.attempts, final.result, int(time.time())))])
+        await self.write_states([(partition, key, final_state(final.attempts, final.result, int(time.time()), cycle))])
 
     async def finish_decided(self, decided: Sequence[StateChange]) -> list[DeliveryState]:
         """States found `decided` (on assignment): write each record that is not in its partition yet, then
@@ -104,8 +115,9 @@ class OutcomeReports:
             for record in state.emit:
                 tp = TopicPartition(self._topics[record.role], record.partition)
                 start[tp] = min(start.get(tp, record.from_offset), record.from_offset)
+        keys = {key for _, key, _ in decided}
         present = await until_done(
-            lambda: self._keys_since(start),
+            lambda: self._keys_since(start, keys),
             "reading results and dead-letter for decided postbacks",
             self._member.kafka_health,
             give_up=self._member.writes_given_up(),
@@ -116,7 +128,8 @@ class OutcomeReports:
             absent = tuple(
                 record
                 for record in state.emit
-                if (TopicPartition(self._topics[record.role], record.partition), key) not in present
+                if (TopicPartition(self._topics[record.role], record.partition), key, _replay_of(record.value))
+                not in present
             )
             if absent:
                 missing.append((key, absent))
@@ -125,7 +138,7 @@ class OutcomeReports:
         await self._emit(missing)
         now = int(time.time())
         await self.write_states(
-            [(partition, key, final_state(s.attempts, s.result, now)) for partition, key, s in decided]
+            [(partition, key, final_state(s.attempts, s.result, now, s.cycle)) for partition, key, s in decided]
         )
         log.info(
             "%d postbacks found decided and not final: %d records written that were missing, %d already there",
@@ -135,12 +148,16 @@ class OutcomeReports:
         )
         return reported
 
-    async def _keys_since(self, start: dict[TopicPartition, int]) -> set[tuple[TopicPartition, bytes]]:
-        present: set[tuple[TopicPartition, bytes]] = set()
-        async for batch in read_partitions(self._bootstrap, list(start), start):
+    async def _keys_since(
+        self, start: dict[TopicPartition, int], keys: set[bytes]
+    ) -> set[tuple[TopicPartition, bytes, int]]:
+        """(partition, key, replay number) of each record of `keys` written since `start`."""
+        present: set[tuple[TopicPartition, bytes, int]] = set()
+        async for batch in read_partitions(self._kafka, list(start), start):
             for record in batch:
-                if record.key is not None:
-                    present.add((TopicPartition(record.topic, record.partition), record.key))
+                if record.key is not None and record.key in keys:
+                    replay = _replay_of(_json_object(record.value))
+                    present.add((TopicPartition(record.topic, record.partition), record.key, replay))
         return present
 
     async def _placed(self, role: EmitRole, key: bytes, value: dict[str, Any]) -> EmitRecord:
@@ -164,7 +181,7 @@ class OutcomeReports:
                 partitions = sorted(found)
                 tps = [TopicPartition(topic, p) for p in partitions]
                 ends = await until_done(
-                    lambda: end_offsets(self._bootstrap, tps), f"end offsets of {topic}", health, give_up=give_up
+                    lambda: end_offsets(self._kafka, tps), f"end offsets of {topic}", health, give_up=give_up
                 )
                 for tp, end in ends.items():
                     self._ends[tp] = max(self._ends.get(tp, 0), end)
@@ -191,6 +208,20 @@ class OutcomeReports:
         original = orjson.loads(value)
         bounded = bounded_result(original) if role == "results" else bounded_dead_letter(original)
         return None if bounded == original else (topic, key, orjson.dumps(bounded), partition)
+
+
+def _json_object(value: bytes | None) -> dict[str, Any]:
+    try:
+        decoded = orjson.loads(value) if value is not None else None
+    except orjson.JSONDecodeError:
+        return {}
+    return decoded if isinstance(decoded, dict) else {}
+
+
+def _replay_of(record: dict[str, Any]) -> int:
+    """The delivery cycle a results or dead-letter record reports (0: the first, no replay)."""
+    replay = record.get("replay")
+    return replay if isinstance(replay, int) else 0
 
 
 def _shrink_state(record: Outgoing, error: BaseException) -> Outgoing | None:

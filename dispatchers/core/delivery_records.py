@@ -15,7 +15,14 @@ from typing import Any, Protocol
 
 import orjson
 
-from dispatchers.core.delivery_state import DeliveryState, EmitRecord, decode_delivery_state, encode_delivery_state
+from dispatchers.core.delivery_state import (
+    FIRST_CYCLE,
+    DeliveryState,
+    EmitRecord,
+    ReplayCycle,
+    decode_delivery_state,
+    encode_delivery_state,
+)
 from dispatchers.core.outcome import Outcome, Verdict
 from schemas.redaction import keep_copy, keep_key, scrub
 
@@ -59,11 +66,12 @@ def utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def result_record(final: Finished) -> dict[str, Any]:
-    """The `postbacks.results` message (schemas/delivery-result.schema.json)."""
+def result_record(final: Finished, replay: int = 0) -> dict[str, Any]:
+    """The `postbacks.results` message (schemas/delivery-result.schema.json); `replay`: the number of the
+    delivery cycle it ends (absent for the first one)."""
     postback = final.postback
     outcome = final.last_outcome
-    return {
+    record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "postback_id": postback["postback_id"],
         "kind": postback["kind"],
@@ -81,12 +89,15 @@ def result_record(final: Finished) -> dict[str, Any]:
         "first_attempt_at": utc_iso(final.first_attempt_at),
         "finished_at": utc_iso(final.finished_at),
     }
+    if replay:
+        record["replay"] = replay
+    return record
 
 
-def dead_letter_record(final: Finished) -> dict[str, Any]:
-    """The `postbacks.dead-letter` message (schemas/dead-letter.schema.json)."""
+def dead_letter_record(final: Finished, replay: int = 0) -> dict[str, Any]:
+    """The `postbacks.dead-letter` message (schemas/dead-letter.schema.json), marked like its results record."""
     outcome = final.last_outcome
-    return {
+    record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "postback_id": final.postback["postback_id"],
         "result": final.result,
@@ -97,16 +108,23 @@ def dead_letter_record(final: Finished) -> dict[str, Any]:
         "dead_lettered_at": utc_iso(final.finished_at),
         "postback": final.postback,
     }
+    if replay:
+        record["replay"] = replay
+    return record
 
 
-def decided_state(final: Finished, emit: tuple[EmitRecord, ...], now: int) -> DeliveryState:
+def decided_state(
+    final: Finished, emit: tuple[EmitRecord, ...], now: int, cycle: ReplayCycle = FIRST_CYCLE
+) -> DeliveryState:
     """The state written as soon as a postback's outcome is known, before its records are: see delivery_state."""
-    return DeliveryState("decided", now, final.attempts, utc_iso(final.first_attempt_at), final.result, None, emit)
+    first = utc_iso(final.first_attempt_at)
+    return DeliveryState("decided", now, final.attempts, first, final.result, None, emit, cycle)
 
 
-def final_state(attempts: int, result: str | None, now: int) -> DeliveryState:
-    """The state once the records reporting the outcome are acknowledged."""
-    return DeliveryState("final", now, attempts, None, result, None)
+def final_state(attempts: int, result: str | None, now: int, cycle: ReplayCycle = FIRST_CYCLE) -> DeliveryState:
+    """The state once the records reporting the outcome are acknowledged (with its cycle: a replay continues
+    its attempts and numbers, and knows the replay requests already taken)."""
+    return DeliveryState("final", now, attempts, None, result, None, (), cycle)
 
 
 # The outcome of a postback whose `pending` state Kafka refuses (larger than the state changelog takes):
@@ -157,14 +175,23 @@ def shrink_delivery_state(raw: bytes) -> bytes | None:
         for e in state.emit
     )
     return encode_delivery_state(
-        DeliveryState(state.status, state.updated_at, state.attempts, state.first_attempt_at, state.result, None, emit)
+        DeliveryState(
+            state.status,
+            state.updated_at,
+            state.attempts,
+            state.first_attempt_at,
+            state.result,
+            None,
+            emit,
+            state.cycle,
+        )
     )
 
 
-def pending_state(item: Unfinished, now: int) -> DeliveryState:
+def pending_state(item: Unfinished, now: int, cycle: ReplayCycle = FIRST_CYCLE) -> DeliveryState:
     """The state a postback still pending at a drain is written back with, to be resumed by the next owner."""
     first = utc_iso(item.first_attempt_at) if item.first_attempt_at else None
-    return DeliveryState("pending", now, item.attempts, first, None, item.postback)
+    return DeliveryState("pending", now, item.attempts, first, None, item.postback, (), cycle)
 
 
 def decode_postback(value: bytes | None, kind: str) -> dict[str, Any] | None:

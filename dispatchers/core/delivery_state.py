@@ -11,7 +11,11 @@ The state changelog is the one source of truth about a postback (README "Deliver
   at or below the end when the outcome was decided, so that whoever finds the state `decided` later
   checks from there whether each record is already written, and writes only those that are not;
 - `final` keeps only the outcome, once those records are acknowledged: what dedupe needs. A
-  postback_id that has any state is never delivered again.
+  postback_id that has any state is never delivered again, except by a replay.
+
+A replay (dispatchers/core/replay.py) starts a new delivery cycle of a postback `final` as rejected or
+dead_lettered: every state of that cycle carries its `ReplayCycle` (its number, 1, 2, ..., and the ids of
+the replay requests taken so far, so that a request read twice starts one cycle only).
 """
 
 from __future__ import annotations
@@ -37,6 +41,17 @@ class EmitRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplayCycle:
+    """Which delivery cycle of a postback a state belongs to: 0 is the first (no replay)."""
+
+    number: int = 0
+    requests: tuple[str, ...] = ()  # ids of the replay requests that started cycles, the latest last
+
+
+FIRST_CYCLE = ReplayCycle()
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryState:
     status: DeliveryStatus
     updated_at: int  # unix seconds
@@ -45,6 +60,7 @@ class DeliveryState:
     result: str | None = None  # delivered | rejected | dead_lettered, when decided or final
     postback: dict[str, Any] | None = None  # while pending
     emit: tuple[EmitRecord, ...] = ()  # while decided
+    cycle: ReplayCycle = FIRST_CYCLE
 
 
 def encode_delivery_state(state: DeliveryState) -> bytes:
@@ -58,6 +74,9 @@ def encode_delivery_state(state: DeliveryState) -> bytes:
     }
     if state.emit:
         data["e"] = [{"r": e.role, "p": e.partition, "o": e.from_offset, "v": e.value} for e in state.emit]
+    if state.cycle.number or state.cycle.requests:  # absent for the first cycle: states written before replays
+        data["n"] = state.cycle.number
+        data["q"] = list(state.cycle.requests)
     return orjson.dumps(data)
 
 
@@ -71,4 +90,5 @@ def decode_delivery_state(raw: bytes) -> DeliveryState:
         result=data.get("r"),
         postback=data.get("p"),
         emit=tuple(EmitRecord(e["r"], int(e["p"]), int(e["o"]), e["v"]) for e in data.get("e") or ()),
+        cycle=ReplayCycle(int(data.get("n") or 0), tuple(str(q) for q in data.get("q") or ())),
     )

@@ -305,8 +305,11 @@ class Scheduler(Generic[C]):
         attempts: int = 0,
         first_attempt_at: datetime | None = None,
         not_before: datetime | None = None,
+        replay: bool = False,
     ) -> None:
-        """Queue a matched postback; a postback_id already pending or finalised is ignored.
+        """Queue a matched postback; a postback_id already pending or finalised is ignored, unless `replay`:
+        a new delivery cycle of a postback final here (dispatchers/core/replay.py) is taken even if it is
+        still remembered as finished.
 
         `attempts`, `first_attempt_at` and `not_before` resume a postback from `pending()` of an
         earlier run: its age keeps counting from the first attempt. Raises ValueError for a postback
@@ -327,6 +330,8 @@ class Scheduler(Generic[C]):
         for name, value in (("first_attempt_at", first_attempt_at), ("not_before", not_before)):
             if value is not None and value.utcoffset() is None:
                 raise ValueError(f"{name} must be timezone-aware")
+        if replay:
+            self._finished.pop(postback_id, None)
         if postback_id in self._jobs or postback_id in self._finished:
             return
         now = self._clock()

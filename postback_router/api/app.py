@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,8 +22,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry
 
 from postback_router.api.auth import Verdict, check_bearer, check_intake_secret
-from postback_router.api.backend import Backend, Table, Unavailable, Write
+from postback_router.api.backend import Backend, ListedTable, Table, Unavailable, Write
 from postback_router.api.conversion_update import index_entry, updated_conversion
+from postback_router.api.docs_page import add_docs_routes
 from postback_router.api.intake import (
     PostbackRefused,
     RefusedField,
@@ -33,12 +34,20 @@ from postback_router.api.intake import (
     read_fields,
     split_urlencoded,
 )
+from postback_router.api.listing import Listed, campaign_item, list_answer, offer_source_item, parse_list_query
 from postback_router.api.metrics import UNMATCHED_ROUTE, ApiMetrics
 from postback_router.api.openapi import build_openapi_document
+from postback_router.api.replay_route import KafkaPostbackReplays, PostbackReplays, replay_postback
+from postback_router.api.rule_test import RuleTestRefused, read_rule_test, rule_test_answer
+from postback_router.api.trace_document import TraceLookup
 from schemas.errors import FieldError, InvalidInput
+from schemas.kinds import STATUSES
+from schemas.status_maps import fold, folded
 from service.ops_http import Readiness, add_ops_routes
 from service.settings import Settings
-from streams.core.offer_sources import parse_offer_source
+from streams.core.conversion import conversion_key
+from streams.core.explanation import explain_conversion
+from streams.core.offer_sources import OfferSource, parse_offer_source
 from streams.core.rules import parse_campaign_rules
 
 log = logging.getLogger(__name__)
@@ -129,18 +138,32 @@ def utc_now() -> datetime:
 
 class Api:
     def __init__(
-        self, settings: Settings, backend: Backend, metrics: ApiMetrics, clock: Callable[[], datetime] = utc_now
+        self,
+        settings: Settings,
+        backend: Backend,
+        metrics: ApiMetrics,
+        clock: Callable[[], datetime] = utc_now,
+        traces: TraceLookup | None = None,
+        replays: PostbackReplays | None = None,
     ) -> None:
         assert settings.api_token is not None, "the api needs API_TOKEN (checked by the cli)"
         self._token = settings.api_token
         self._intake_secret = settings.intake_secret
         self._max_conversion_bytes = settings.max_conversion_bytes
+        self._default_status = settings.default_status  # the rule test resolves statuses as the workers do
         self._max_body_bytes = settings.api_max_body_bytes
+        self._status_map = settings.intake_status_map
         self._backend = backend
         self._metrics = metrics
         self._clock = clock
         self._intake_locks = _KeyedLocks()
-        self._openapi = orjson.dumps(build_openapi_document(intake_secret_required=self._intake_secret is not None))
+        self._traces = traces
+        self._replays = replays or KafkaPostbackReplays(settings.kafka, settings.topics)
+        self._openapi = orjson.dumps(
+            build_openapi_document(
+                intake_secret_required=self._intake_secret is not None, default_statuses=list(self._status_map)
+            )
+        )
 
     def add_routes(self, app: web.Application) -> None:
         route = app.router.add_route  # not add_get: that adds HEAD too, and a HEAD must not take a conversion in
@@ -151,10 +174,17 @@ class Api:
             route("PUT", path, self._document_handler(self.put_document, documents))
             route("GET", path, self._document_handler(self.get_document, documents))
             route("DELETE", path, self._document_handler(self.delete_document, documents))
-        route("GET", "/v1/postback", self.postback)
-        route("POST", "/v1/postback", self.postback)
+        # /postback: the path networks calling trackers use (RedTrack's `/postback?clickid=...`)
+        for path in ("/v1/postback", "/postback"):
+            route("GET", path, self.postback)
+            route("POST", path, self.postback)
         route("PATCH", "/v1/conversions/{conversion_id}", self.update_conversion)
+        route("GET", "/v1/conversions/{conversion_id}", self.conversion_trace)
         route("GET", "/openapi.json", self.openapi)
+        route("POST", "/v1/campaigns/{campaign_id}/rules/test", self.test_rules)
+        route("GET", "/v1/campaigns", self.list_campaigns)
+        route("GET", "/v1/offer-sources", self.list_offer_sources)
+        route("POST", "/v1/postbacks/{postback_id}/replay", self.replay_postback)
 
     # -- middleware
 
@@ -256,10 +286,34 @@ class Api:
         except InvalidInput as error:
             raise _invalid("conversion update", error.errors) from None
         await self._backend.write(
-            [Write("conversions", conversion_id, event), Write("conversion_index", conversion_id, index_entry(event))]
+            [
+                Write("conversions", conversion_key(event), event),
+                Write("conversion_index", conversion_id, index_entry(event)),
+            ]
         )
         log.info("conversion updated", extra={"conversion_id": conversion_id})
         return _json(event, 202)
+
+    async def conversion_trace(self, request: web.Request) -> web.StreamResponse:
+        """What the service did with one conversion, from the trace index (docs/trace.md)."""
+        self._authorize(request)
+        if self._traces is None:
+            raise Unavailable("the trace index is not running in this process")
+        conversion_id = request.match_info["conversion_id"]
+        trace = self._traces.lookup(conversion_id) if _storable_id(conversion_id) else None
+        if trace is None:
+            return error_response(404, "no trace of this conversion (unknown, or older than TRACE_RETENTION)")
+        return _json(trace)
+
+    async def replay_postback(self, request: web.Request) -> web.StreamResponse:
+        """Send again a postback that ended rejected or dead_lettered (postback_router/api/replay_route.py)."""
+        self._authorize(request)
+        postback_id = request.match_info["postback_id"]
+        answer = await replay_postback(self._replays, postback_id)
+        if answer.body is None:
+            return error_response(answer.status, answer.message)
+        log.info("replay requested", extra={"postback_id": postback_id})
+        return _json(answer.body, answer.status)
 
     # -- intake
 
@@ -279,7 +333,12 @@ class Api:
             self._metrics.count_intake("invalid")
             return _refusal(PostbackRefused(mistakes))
         try:
-            event = conversion_from_postback(fields, self._clock(), self._max_conversion_bytes)
+            status_maps = await self._status_maps(fields)
+        except Unavailable:
+            self._metrics.count_intake("unavailable")
+            raise
+        try:
+            event = conversion_from_postback(fields, self._clock(), self._max_conversion_bytes, status_maps)
         except PostbackRefused as refused:
             self._metrics.count_intake("unfilled_macro" if refused.reason == "unfilled_macro" else "invalid")
             return _refusal(refused)
@@ -293,7 +352,8 @@ class Api:
                 event = keep_first_occurred_at(event, known)
                 await self._backend.write(
                     [
-                        Write("conversions", conversion_id, event),
+                        # keyed by click_id when it has no campaign: it must land on its click's partition
+                        Write("conversions", conversion_key(event), event),
                         Write("conversion_index", conversion_id, index_entry(event)),
                     ]
                 )
@@ -301,8 +361,67 @@ class Api:
             self._metrics.count_intake("unavailable")
             raise
         self._metrics.count_intake("accepted")
-        log.info("conversion taken in", extra={"conversion_id": conversion_id, "campaign_id": event["campaign_id"]})
+        log.info("conversion taken in", extra={"conversion_id": conversion_id, "campaign_id": event.get("campaign_id")})
         return _json({"status": "accepted", "conversion_id": conversion_id})
+
+    async def _status_maps(self, fields: Mapping[str, str]) -> tuple[Mapping[str, str], ...]:
+        """The status maps of a postback: its offer source's (when it names one the api knows), then
+        the default. The offer source is read only for a status that is not canonical: the read
+        catches up with the topic, which most calls need not wait for."""
+        status, offer_source_id = fields.get("status") or "", fields.get("offer_source_id") or ""
+        if not status or fold(status.strip()) in STATUSES or not _storable_id(offer_source_id):
+            return (self._status_map,)
+        document = await self._backend.read("offer_sources", offer_source_id)
+        if document is None:
+            return (self._status_map,)
+        return (folded(document.get("status_map") or {}), self._status_map)
+
+    # -- rule test and lists
+
+    async def test_rules(self, request: web.Request) -> web.StreamResponse:
+        """A sample conversion through the workers' evaluation; reads only, writes nothing."""
+        self._authorize(request)
+        campaign_id = request.match_info["campaign_id"]
+        if not _storable_id(campaign_id):
+            raise _invalid("rule test", [FieldError("campaign_id", f"must be 1-{MAX_ID_LENGTH} characters")])
+        body = await _json_body(request)
+        try:
+            asked = read_rule_test(body, campaign_id, self._max_conversion_bytes, self._clock())
+        except RuleTestRefused as refused:
+            raise _invalid("rule test", refused.errors) from None
+        rules, rules_source = asked.rules, "request"
+        if rules is None:
+            saved = await self._backend.read("campaign_rules", campaign_id)
+            if saved is None:
+                return error_response(404, "no campaign rules under this id; send `rules` to test unsaved ones")
+            rules, rules_source = parse_campaign_rules(campaign_id.encode("utf-8"), orjson.dumps(saved)), "saved"
+        conversion = asked.conversion
+        offer_source: OfferSource | None = None
+        if conversion.offer_source_id and _storable_id(conversion.offer_source_id):
+            # the api's view of offer-sources, which holds what the workers' view holds
+            document = await self._backend.read("offer_sources", conversion.offer_source_id)
+            if document is not None:
+                offer_source = parse_offer_source(conversion.offer_source_id.encode("utf-8"), orjson.dumps(document))
+        explanation = explain_conversion(conversion, rules, offer_source, self._default_status)
+        log.info("rules tested", extra={"campaign_id": campaign_id, "rules_source": rules_source})
+        return _json(rule_test_answer(campaign_id, conversion, explanation, rules_source))
+
+    async def list_campaigns(self, request: web.Request) -> web.StreamResponse:
+        return await self._list(request, "campaign_rules", campaign_item)
+
+    async def list_offer_sources(self, request: web.Request) -> web.StreamResponse:
+        return await self._list(request, "offer_sources", offer_source_item)
+
+    async def _list(
+        self, request: web.Request, table: ListedTable, item: Callable[[Listed], dict[str, Any]]
+    ) -> web.StreamResponse:
+        self._authorize(request)
+        query, errors = parse_list_query(request.query)
+        if query is None:
+            raise _invalid("list query", errors)
+        # one more than asked: whether it comes says if there is a next page
+        listed = await self._backend.scan(table, query.prefix, query.after, query.limit + 1)
+        return _json(list_answer(listed, query.limit, item))
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         return web.Response(body=self._openapi, content_type="application/json")
@@ -423,12 +542,17 @@ def build_app(
     registry: CollectorRegistry,
     readiness: Readiness,
     clock: Callable[[], datetime] = utc_now,
+    traces: TraceLookup | None = None,
+    replays: PostbackReplays | None = None,
 ) -> web.Application:
     """The application: the api's routes, /openapi.json and the operations routes, all on one port.
 
-    `clock` gives the time a postback is taken in (tests move it)."""
-    api = Api(settings, backend, ApiMetrics(registry), clock)
+    `clock` gives the time a postback is taken in (tests move it); `traces` answers
+    GET /v1/conversions/{id} (None: 503); `replays` finds postbacks and writes replay requests for
+    POST /v1/postbacks/{id}/replay (None: through Kafka)."""
+    api = Api(settings, backend, ApiMetrics(registry), clock, traces, replays)
     app = web.Application(client_max_size=settings.api_max_body_bytes, middlewares=[api.observe, api.json_errors])
     api.add_routes(app)
+    add_docs_routes(app)
     add_ops_routes(app, registry, readiness)
     return app

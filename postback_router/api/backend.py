@@ -21,6 +21,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from postback_router.api.listing import Listed, page_of_keys
 from service.compacted_view import CompactedTopicView
 from service.consumer_health import KafkaHealth
 from service.kafka_io import Outgoing, send_all
@@ -33,6 +34,7 @@ from streams.core.rules import parse_campaign_rules
 log = logging.getLogger(__name__)
 
 Table = Literal["campaign_rules", "offer_sources", "conversion_index"]
+ListedTable = Literal["campaign_rules", "offer_sources"]
 Destination = Literal["conversions", "campaign_rules", "offer_sources", "conversion_index"]
 
 # A produce normally takes milliseconds; a cluster that has not acknowledged in this long is in
@@ -62,6 +64,11 @@ class Backend(Protocol):
         """Publish and wait for the acknowledgements."""
         ...
 
+    async def scan(self, table: ListedTable, prefix: str, after: str | None, limit: int) -> list[Listed]:
+        """Up to `limit` documents whose ids start with `prefix` and come after `after`, ordered by id,
+        after catching up as `read` does."""
+        ...
+
 
 def _keeping_value(parse: Callable[[bytes | None, bytes], object]) -> Callable[[bytes | None, bytes], bytes]:
     """A view parser that checks a record as the workers do but keeps its bytes: the api returns
@@ -77,11 +84,11 @@ def _keeping_value(parse: Callable[[bytes | None, bytes], object]) -> Callable[[
 class KafkaBackend:
     def __init__(self, settings: Settings, readiness: Readiness, kafka_health: KafkaHealth) -> None:
         topics = settings.topics
-        bootstrap = settings.bootstrap_servers
+        kafka = settings.kafka
         self._readiness = readiness
         self._kafka_health = kafka_health
         self._probe: asyncio.Task[None] | None = None
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._topics: dict[Destination, str] = {
             "conversions": topics.conversions,
             "campaign_rules": topics.campaign_rules,
@@ -90,16 +97,20 @@ class KafkaBackend:
         }
 
         def parse_indexed(key: bytes | None, value: bytes) -> object:
-            return parse_conversion(key, value, settings.max_conversion_bytes)
+            return parse_conversion(key, value, settings.max_conversion_bytes, indexed=True)
 
         self._views: dict[Table, CompactedTopicView[bytes]] = {
             "campaign_rules": CompactedTopicView(
-                bootstrap, topics.campaign_rules, _keeping_value(parse_campaign_rules)
+                kafka, topics.campaign_rules, _keeping_value(parse_campaign_rules), keep_timestamps=True
             ),
-            "offer_sources": CompactedTopicView(bootstrap, topics.offer_sources, _keeping_value(parse_offer_source)),
-            "conversion_index": CompactedTopicView(bootstrap, topics.conversion_index, _keeping_value(parse_indexed)),
+            "offer_sources": CompactedTopicView(
+                kafka, topics.offer_sources, _keeping_value(parse_offer_source), keep_timestamps=True
+            ),
+            "conversion_index": CompactedTopicView(kafka, topics.conversion_index, _keeping_value(parse_indexed)),
         }
         self._producer: AIOKafkaProducer | None = None
+        # the ids of a listed view in order, with the view's `applied` count they were sorted at
+        self._sorted: dict[ListedTable, tuple[int, list[str]]] = {}
 
     @property
     def _recovered(self) -> bool:
@@ -108,7 +119,7 @@ class KafkaBackend:
     async def start(self) -> None:
         """Connect and read the compacted topics to their end; requests get 503 until this is done."""
         producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+            **self._kafka.client_kwargs(),
             acks="all",
             linger_ms=1,  # each request waits for its own acknowledgement: lingering would add to every answer
             request_timeout_ms=int(PRODUCE_TIMEOUT_SECONDS * 1000),
@@ -143,6 +154,21 @@ class KafkaBackend:
         await self._catch_up(view)
         value = view.get(key)
         return None if value is None else _as_document(value)
+
+    async def scan(self, table: ListedTable, prefix: str, after: str | None, limit: int) -> list[Listed]:
+        view = self._views[table]
+        await self._catch_up(view)
+        applied, keys = self._sorted.get(table, (-1, []))
+        if applied != view.applied:
+            # sorted again only after a change: lists are read far more often than campaigns change
+            keys = sorted(view.keys())
+            self._sorted[table] = (view.applied, keys)
+        listed = []
+        for key in page_of_keys(keys, prefix, after, limit):
+            value = view.get(key)
+            if value is not None:
+                listed.append(Listed(key, _as_document(value), view.timestamp_ms(key)))
+        return listed
 
     async def write(self, writes: Sequence[Write]) -> None:
         producer = self._producer

@@ -17,7 +17,7 @@ import orjson
 
 from schemas import load_schema
 from schemas.errors import FieldError, InvalidInput
-from streams.core.conversion import parse_conversion
+from streams.core.conversion import conversion_key, parse_conversion
 from streams.core.decimals import format_decimal, parse_decimal
 from streams.core.schema_checks import check_all
 
@@ -72,7 +72,7 @@ def updated_conversion(indexed: Mapping[str, Any], body: Any, max_bytes: int) ->
         raise _invalid(errors)
     # The worker's own check, so that what is published here is never refused downstream.
     try:
-        parse_conversion(str(event["conversion_id"]).encode("utf-8"), orjson.dumps(event), max_bytes)
+        parse_conversion(conversion_key(event).encode("utf-8"), orjson.dumps(event), max_bytes)
     except InvalidInput as error:
         raise _invalid(error.errors or [FieldError(error.field or "(body)", error.message)]) from None
     return event

@@ -6,11 +6,17 @@ asked for are common. So: an empty value counts as absent, unknown fields are ig
 documented field is checked against its own rule (`PARAMETERS`, also the OpenAPI description), so
 an error names the field the caller sent (`clickid`, `sum`), not the event field it becomes.
 
+Each field may come under the names networks use for trackers (`ALIASES`: `cid`, `subid`, `sum`,
+`goal`, ...), and the status in the network's own words (`sale`, `HOLD`), mapped through status maps
+(schemas/status_maps.py). A call may leave the campaign out: the worker completes the conversion from
+its click (streams/click_join.py). docs/intake.md says all of it for users.
+
 What a network sends by mistake is refused rather than guessed at: a value still holding a macro
 (`{clickid}`, `[CLICK_ID]`, `#clickid#`, see `MACRO_PATTERN`), text that is not UTF-8, a field
-given twice. Each refusal carries a reason (`RefusedField.reason`) so that a client can tell them
-apart. This applies to the documented fields (`PARAMETERS`); the intake secret is only compared,
-and every other field is ignored, its encoding and repetitions included.
+given twice, two names of one field that disagree. Each refusal carries a reason
+(`RefusedField.reason`) so that a client can tell them apart. This applies to the documented
+fields (`PARAMETERS`); the intake secret is only compared, and every other field is ignored, its
+encoding and repetitions included.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 import codecs
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,10 +34,27 @@ import orjson
 
 from postback_router.api.auth import SECRET_FIELD
 from schemas.errors import FieldError, InvalidInput
-from streams.core.conversion import CLICK_ID_FIELDS, DEFAULT_TYPE, parse_conversion
+from schemas.status_maps import DEFAULT_STATUS_MAP, MAX_STATUS_LENGTH, accepted_statuses, folded, map_status
+from streams.core.conversion import CLICK_ID_FIELDS, DEFAULT_TYPE, conversion_key, parse_conversion
 
-STATUSES = ("approved", "pending", "declined", "other")
-REQUIRED = ("clickid", "campaign_id")
+# campaign_id may be left out: the worker completes such a conversion from its click (the `clicks`
+# topic, streams/click_join.py); it is then published under its click_id (`conversion_key`).
+REQUIRED = ("clickid",)
+# The names networks give a field when they call a tracker, canonical name first: RedTrack's
+# `clickid`, `sum` and `type`, Voluum's `cid`, Keitaro's `subid`, and the names in this api's
+# conversion events (`click_id`, `transaction_id`). `clickid` is required as any one of its names.
+ALIASES: Mapping[str, tuple[str, ...]] = {
+    "clickid": ("clickid", "click_id", "cid", "subid"),
+    "payout": ("payout", "sum", "amount"),
+    "type": ("type", "event", "goal"),
+    "txid": ("txid", "transaction_id"),
+}
+# Amounts: the first name given wins (`payout` over `sum` over `amount`), as `payout` has always won
+# over `sum` here; networks fill a payout and a sale amount at once, and the payout is what a
+# postback reports. Every other field: two of its names with different values are refused
+# (`conflicting_fields`): a wrong click id, type or transaction would attribute the conversion to
+# another click or merge two conversions, silently; a refused call is seen and fixed at the network.
+FIRST_NAME_WINS = frozenset({"payout"})
 SUB_FIELDS = tuple(f"sub{n}" for n in range(1, 21))
 # The decimal strings conversion.schema.json accepts, or nothing (an unfilled payout macro)
 _DECIMAL_OR_EMPTY = r"^([0-9]{1,18}(\.[0-9]{1,12})?)?$"
@@ -79,16 +102,16 @@ def _no_macro(schema: dict[str, Any]) -> dict[str, Any]:
 PARAMETERS: dict[str, dict[str, Any]] = {
     name: _no_macro(schema)
     for name, schema in {
-        "clickid": _text(512, 1),
-        "campaign_id": _text(256, 1),
+        **{name: _text(512) for name in ALIASES["clickid"]},
+        "campaign_id": _text(256),
         "conversion_id": _text(256),
         "offer_source_id": _text(256),
-        "type": _text(128),
-        "status": {"type": "string", "enum": ["", *STATUSES]},
-        "payout": {"type": "string", "pattern": _DECIMAL_OR_EMPTY},
-        "sum": {"type": "string", "pattern": _DECIMAL_OR_EMPTY},
+        **{name: _text(128) for name in ALIASES["type"]},
+        # any text: mapped to a status by the offer source's status_map and INTAKE_STATUS_MAP
+        "status": _text(MAX_STATUS_LENGTH),
+        **{name: {"type": "string", "pattern": _DECIMAL_OR_EMPTY} for name in ALIASES["payout"]},
         "currency": {"type": "string", "pattern": "^([A-Z]{3})?$"},
-        "txid": _text(512),
+        **{name: _text(512) for name in ALIASES["txid"]},
         **{name: _text(512) for name in CLICK_ID_FIELDS},
         **{name: _text(1024) for name in SUB_FIELDS},
     }.items()
@@ -97,7 +120,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
 READ_FIELDS = frozenset({*PARAMETERS, SECRET_FIELD})
 
 # Why a postback is refused (the `reason` of a 400's body and of each of its `fields`).
-IntakeReason = Literal["not_utf8", "repeated_field", "unfilled_macro", "missing_field", "invalid_value"]
+IntakeReason = Literal[
+    "not_utf8", "repeated_field", "unfilled_macro", "conflicting_fields", "missing_field", "invalid_value"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +139,11 @@ class PostbackRefused(Exception):
 
     @property
     def reason(self) -> IntakeReason:
-        """The request's reason: the first of not_utf8, repeated_field, unfilled_macro that any field
-        has (an unfilled macro is what to fix first: other errors often follow from it), else
-        invalid_value."""
+        """The request's reason: the first of not_utf8, repeated_field, unfilled_macro,
+        conflicting_fields that any field has (an unfilled macro is what to fix first: other errors
+        often follow from it), else invalid_value."""
         found = {e.reason for e in self.errors}
-        for reason in ("not_utf8", "repeated_field", "unfilled_macro"):
+        for reason in ("not_utf8", "repeated_field", "unfilled_macro", "conflicting_fields"):
             if reason in found:
                 return reason
         return "invalid_value"
@@ -213,32 +238,54 @@ def _encodable(value: str) -> bool:
     return True
 
 
-def conversion_from_postback(fields: Mapping[str, str], received_at: datetime, max_bytes: int) -> dict[str, Any]:
+# The default map, folded: what intake maps a status with when no setting replaces it.
+DEFAULT_STATUS_MAPS: tuple[Mapping[str, str], ...] = (folded(DEFAULT_STATUS_MAP),)
+
+
+def conversion_from_postback(
+    fields: Mapping[str, str],
+    received_at: datetime,
+    max_bytes: int,
+    status_maps: Sequence[Mapping[str, str]] = DEFAULT_STATUS_MAPS,
+) -> dict[str, Any]:
     """The conversion event for a postback's fields; raises PostbackRefused naming every failing field.
 
     `occurred_at` is `received_at` (networks do not send the time of the conversion in a usable
     form; a repeat of a conversion taken in before keeps its first one: `keep_first_occurred_at`).
-    `payout` wins over `sum` when both are given; both are checked.
+    Each field may come under any of its names (`ALIASES`); every name given is checked. A status
+    is mapped through `status_maps` (folded maps, the offer source's first: `schemas/status_maps.py`);
+    one that none knows is refused, naming the statuses accepted.
     """
     errors = parameter_errors(fields)
+    chosen, conflicts = choose_aliases(fields, refused={e.field for e in errors})
+    status = None
+    raw_status = fields.get("status")
+    if raw_status and not any(e.field == "status" for e in errors):
+        status = map_status(raw_status, *status_maps)
+        if status is None:
+            accepted = ", ".join(accepted_statuses(*status_maps))
+            errors.append(RefusedField("status", f"must be one of {accepted} (in any case)"))
+    errors.extend(conflicts)
     if errors:
         raise PostbackRefused(errors)
 
     def get(name: str) -> str | None:
-        return fields.get(name) or None
+        sent_as = chosen.get(name, name)
+        return fields.get(sent_as) or None
 
     click_id = get("clickid") or ""
-    campaign_id = get("campaign_id") or ""
+    campaign_id = get("campaign_id")  # None: the worker completes the conversion from its click
     type_ = get("type") or DEFAULT_TYPE
     transaction_id = get("txid")
     event: dict[str, Any] = {
-        "conversion_id": get("conversion_id") or derive_conversion_id(campaign_id, click_id, type_, transaction_id),
+        "conversion_id": get("conversion_id")
+        or derive_conversion_id(campaign_id or "", click_id, type_, transaction_id),
         "click_id": click_id,
         "campaign_id": campaign_id,
         "offer_source_id": get("offer_source_id"),
         "type": type_,
-        "status": get("status"),
-        "payout": get("payout") or get("sum"),
+        "status": status,
+        "payout": get("payout"),
         "currency": get("currency"),
         "transaction_id": transaction_id,
         "occurred_at": received_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -248,11 +295,39 @@ def conversion_from_postback(fields: Mapping[str, str], received_at: datetime, m
     event = {name: value for name, value in event.items() if value not in (None, {})}
     # The worker's own check, so that what is accepted here is never refused downstream.
     try:
-        parse_conversion(event["conversion_id"].encode("utf-8"), orjson.dumps(event), max_bytes)
+        parse_conversion(conversion_key(event).encode("utf-8"), orjson.dumps(event), max_bytes)
     except InvalidInput as error:
-        errors = [RefusedField(parameter_name(e.field), e.message) for e in _field_errors(error)]
+        errors = [RefusedField(parameter_name(e.field, chosen), e.message) for e in _field_errors(error)]
         raise PostbackRefused(errors) from None
     return event
+
+
+def choose_aliases(
+    fields: Mapping[str, str], refused: frozenset[str] | set[str] = frozenset()
+) -> tuple[dict[str, str], list[RefusedField]]:
+    """For each field with several names (`ALIASES`), the name whose value is taken (canonical name
+    -> name sent; absent when none is given), and the conflicts: two names of one field given with
+    different values, each named with the other (an empty value counts as absent; the same value
+    under two names is no conflict, as networks that fill one macro into two names do). Amounts
+    take the first name given instead (`FIRST_NAME_WINS`). Names already `refused` (an unfilled
+    macro, say) are left out of the comparison: they are answered for that alone."""
+    chosen: dict[str, str] = {}
+    conflicts: list[RefusedField] = []
+    for canonical, names in ALIASES.items():
+        given = [name for name in names if fields.get(name) and name not in refused]
+        if not given:
+            continue
+        chosen[canonical] = given[0]
+        if canonical in FIRST_NAME_WINS:
+            continue
+        differing = [name for name in given[1:] if fields[name] != fields[given[0]]]
+        if differing:
+            names_given = ", ".join(given)
+            message = f"names the same field as {{others}} with another value: send one of {names_given}"
+            for name in given:
+                others = " and ".join(other for other in given if other != name)
+                conflicts.append(RefusedField(name, message.format(others=others), "conflicting_fields"))
+    return chosen, conflicts
 
 
 def keep_first_occurred_at(event: Mapping[str, Any], known: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -274,8 +349,8 @@ def parameter_errors(fields: Mapping[str, str]) -> list[RefusedField]:
     for name, schema in PARAMETERS.items():
         value = fields.get(name)
         if not value:
-            if name in REQUIRED:
-                errors.append(RefusedField(name, "is required", "missing_field"))
+            if name in REQUIRED and not any(fields.get(alias) for alias in ALIASES.get(name, ())):
+                errors.append(RefusedField(name, _required_message(name), "missing_field"))
             continue
         if not _encodable(value):
             errors.append(RefusedField(name, _NOT_UTF8, "not_utf8"))
@@ -290,6 +365,11 @@ def parameter_errors(fields: Mapping[str, str]) -> list[RefusedField]:
     return errors
 
 
+def _required_message(name: str) -> str:
+    others = [alias for alias in ALIASES.get(name, ()) if alias != name]
+    return f"is required (or one of {', '.join(others)})" if others else "is required"
+
+
 # No value is echoed (it may be personal data), the macro included.
 _UNFILLED_MACRO = (
     "holds a macro the network did not fill in (a name between {}, [] or ##, maybe percent-encoded): "
@@ -298,22 +378,26 @@ _UNFILLED_MACRO = (
 
 
 _PATTERN_MESSAGES = {
-    "payout": "must be a decimal number such as 12.50 (at most 18 digits before the point and 12 after)",
-    "sum": "must be a decimal number such as 12.50 (at most 18 digits before the point and 12 after)",
+    **{
+        name: "must be a decimal number such as 12.50 (at most 18 digits before the point and 12 after)"
+        for name in ALIASES["payout"]
+    },
     "currency": "must be an ISO 4217 code in capitals, such as USD",
 }
 
 _EVENT_TO_PARAMETER = {"click_id": "clickid", "transaction_id": "txid"}
 
 
-def parameter_name(event_field: str | None) -> str:
-    """The intake field an event field came from: click_id -> clickid, click_ids.gclid -> gclid."""
+def parameter_name(event_field: str | None, chosen: Mapping[str, str] | None = None) -> str:
+    """The intake field an event field came from, as sent (`chosen`: see `choose_aliases`):
+    click_id -> clickid (or cid, ...), click_ids.gclid -> gclid."""
     if event_field is None:
         return "(request)"
     head, _, tail = event_field.partition(".")
     if head in ("click_ids", "subs") and tail:
         return tail
-    return _EVENT_TO_PARAMETER.get(event_field, event_field)
+    name = _EVENT_TO_PARAMETER.get(event_field, event_field)
+    return (chosen or {}).get(name, name)
 
 
 def _field_errors(error: InvalidInput) -> list[FieldError]:

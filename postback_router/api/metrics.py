@@ -28,7 +28,7 @@ class ApiMetrics:
         )
         self.intake = Counter(
             "postback_intake",
-            "Postbacks received on /v1/postback, by result.",
+            "Postbacks received on /v1/postback and /postback, by result.",
             ["result"],
             registry=registry,
         )

@@ -12,6 +12,7 @@ import signal
 
 from postback_router.api.app import build_app
 from postback_router.api.backend import KafkaBackend
+from postback_router.api.trace_index import TraceIndex, trace_index_for
 from service.consumer_health import KafkaHealth
 from service.diagnostics import dump_tasks
 from service.ops_http import OpsServer, Readiness, new_registry
@@ -26,10 +27,11 @@ async def run_api(settings: Settings) -> None:
     registry = new_registry("api")
     readiness = Readiness(registry, READINESS_CHECKS)
     backend = KafkaBackend(settings, readiness, KafkaHealth(registry, readiness))
+    traces = _trace_index(settings)
     # A GET postback carrying its documented fields (up to 20 subs of 1,024 characters, percent-
     # encoded) can be longer than aiohttp's 8 KiB request line: API_MAX_BODY_BYTES bounds the URL too.
     server = OpsServer(
-        build_app(settings, backend, registry, readiness),
+        build_app(settings, backend, registry, readiness, traces=traces),
         settings.http_host,
         settings.http_port,
         settings.api_max_body_bytes,
@@ -40,6 +42,8 @@ async def run_api(settings: Settings) -> None:
         loop.add_signal_handler(signum, stopping.set)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     await server.start()
+    if traces is not None:
+        await traces.start()  # follows the topics in the background; GET /v1/conversions/{id} reads it
     starting = asyncio.create_task(backend.start(), name="api-backend-start")
     stop_requested = asyncio.create_task(stopping.wait(), name="api-stop")
     try:
@@ -56,4 +60,16 @@ async def run_api(settings: Settings) -> None:
         await asyncio.gather(starting, stop_requested, return_exceptions=True)
         await server.stop()  # answers the requests in flight before the producer goes
         await backend.stop()
+        if traces is not None:
+            await traces.stop()
         log.info("api stopped")
+
+
+def _trace_index(settings: Settings) -> TraceIndex | None:
+    """The trace index, or None when its directory cannot be opened: intake matters more than traces,
+    so the api then serves everything else and answers GET /v1/conversions/{id} with 503."""
+    try:
+        return trace_index_for(settings)
+    except Exception as exc:
+        log.error("the trace index cannot be opened under STATE_DIR (%s); traces are unavailable", exc)
+        return None

@@ -201,7 +201,7 @@ class ConversionBatchProcessor:
                 result.fired_updates[conversion.conversion_id] = FiredRecord(now, record.partition, ids)
         if config.evaluations_topic is not None:
             evaluation = evaluation_record(
-                conversion, status, status_source, decisions, config.postback_topics, fired_messages, source, stamp
+                conversion, status, status_source, decisions, config.postback_topics, source, stamp
             )
             result.messages.append(
                 OutgoingMessage(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -23,7 +24,7 @@ USER_FIELDS = ("email", "phone", "ip", "user_agent", "external_id")
 class Conversion:
     conversion_id: str
     click_id: str
-    campaign_id: str
+    campaign_id: str  # "" only before the click join completed it (see parse_conversion)
     offer_source_id: str | None
     type: str
     status: str | None
@@ -42,11 +43,14 @@ class Conversion:
         return format_decimal(self.payout)
 
 
-def parse_conversion(key: bytes | None, value: bytes | None, max_bytes: int) -> Conversion:
+def parse_conversion(key: bytes | None, value: bytes | None, max_bytes: int, *, indexed: bool = False) -> Conversion:
     """Decode, validate against `schemas/conversion.schema.json`, and apply the defaults of contract §3.
 
     The record key must be the conversion_id: the fired-state is partitioned by it, so a record
-    under another key could fire twice (contract §2.5).
+    under another key could fire twice (contract §2.5). A conversion without campaign_id is keyed by
+    its click_id instead (`conversion_key`), so that it lands on its click's partition; its
+    `campaign_id` is then "" until the worker completes it from the click (streams/click_join.py).
+    `indexed`: a `conversions.index` entry, keyed by its conversion_id whatever its campaign.
     """
     if value is None:
         raise InvalidInput("not_object", "record value is null; a conversion must be a JSON object")
@@ -63,17 +67,28 @@ def parse_conversion(key: bytes | None, value: bytes | None, max_bytes: int) -> 
     if not isinstance(data, dict):
         raise InvalidInput("not_object", f"a conversion must be a JSON object, not {type(data).__name__}")
     check_fast("conversion", data)
-    return _conversion_from_valid(key, data)
+    return _conversion_from_valid(key, data, indexed)
 
 
-def _conversion_from_valid(key: bytes | None, data: dict[str, Any]) -> Conversion:
+def conversion_key(conversion: Mapping[str, Any]) -> str:
+    """The record key of a (valid) conversion on the `conversions` topic: its conversion_id, or its
+    click_id when it has no campaign_id (it must land on the partition of its click, `clicks` being
+    keyed by click_id and partitioned like `conversions`)."""
+    return str(conversion["conversion_id"] if conversion.get("campaign_id") else conversion["click_id"])
+
+
+def _conversion_from_valid(key: bytes | None, data: dict[str, Any], indexed: bool) -> Conversion:
     conversion_id: str = data["conversion_id"]
-    if key is None or key != conversion_id.encode("utf-8"):
-        raise InvalidInput(
-            "key_mismatch",
-            "record key must equal conversion_id (the fired-state is partitioned by it)",
-            field="conversion_id",
-        )
+    expected = conversion_id if indexed else conversion_key(data)
+    if key is None or key != expected.encode("utf-8"):
+        if data.get("campaign_id") or indexed:
+            message, field = (
+                "record key must equal conversion_id (the fired-state is partitioned by it)",
+                "conversion_id",
+            )
+        else:
+            message, field = "a conversion without campaign_id must be keyed by its click_id", "click_id"
+        raise InvalidInput("key_mismatch", message, field=field)
     occurred_at: str = data["occurred_at"]
     try:
         moment = datetime.fromisoformat(occurred_at)
@@ -89,7 +104,7 @@ def _conversion_from_valid(key: bytes | None, data: dict[str, Any]) -> Conversio
     return Conversion(
         conversion_id=conversion_id,
         click_id=data["click_id"],
-        campaign_id=data["campaign_id"],
+        campaign_id=data.get("campaign_id") or "",
         offer_source_id=data.get("offer_source_id") or None,
         type=data.get("type") or DEFAULT_TYPE,
         status=data.get("status"),

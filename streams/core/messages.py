@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas.redaction import scrub
 from streams.core.conversion import Conversion
 from streams.core.decimals import format_decimal
 from streams.core.matching import Decision, Fired, Skipped, StatusSource
@@ -96,7 +95,6 @@ def evaluation_record(
     status_source: StatusSource,
     decisions: list[Decision] | None,
     topic_for_kind: dict[str, str],
-    fired_messages: dict[str, dict[str, Any]],
     source: dict[str, Any],
     evaluated_at: str,
 ) -> dict[str, Any]:
@@ -109,21 +107,27 @@ def evaluation_record(
     for decision in decisions or ():
         entry = decision.entry
         if isinstance(decision, Skipped):
-            skipped.append({"entry_id": entry.id, "kind": entry.kind, "reason": decision.reason})
+            skipped.append(
+                {
+                    "entry_id": entry.id,
+                    "kind": entry.kind,
+                    "destination_id": entry.destination_id,
+                    "reason": decision.reason,
+                }
+            )
             continue
-        record: dict[str, Any] = {
-            "entry_id": entry.id,
-            "kind": entry.kind,
-            "postback_id": decision.postback_id,
-            "destination_id": entry.destination_id,
-            "payout": format_decimal(decision.payout),
-            "topic": topic_for_kind[entry.kind],
-        }
-        url = fired_messages[decision.postback_id].get("url")
-        if url is not None:
-            # An audit copy: the source's credential (`token=`, `key=`) stays on the postback topic only.
-            record["url"] = scrub(url, phones=False)
-        fired.append(record)
+        # No rendered URL: it may carry subs and external ids (the trace shows destination_id instead),
+        # and scrubbing it cost as much as the rest of the record.
+        fired.append(
+            {
+                "entry_id": entry.id,
+                "kind": entry.kind,
+                "postback_id": decision.postback_id,
+                "destination_id": entry.destination_id,
+                "payout": format_decimal(decision.payout),
+                "topic": topic_for_kind[entry.kind],
+            }
+        )
     outcome = "no_rules" if decisions is None else "fired" if fired else "nothing_fired"
     return {
         "schema_version": SCHEMA_VERSION,
@@ -133,6 +137,7 @@ def evaluation_record(
         "status": status,
         "status_source": status_source,
         "payout": conversion.payout_text,
+        "occurred_at": conversion.occurred_at,
         "outcome": outcome,
         "fired": fired,
         "skipped": skipped,

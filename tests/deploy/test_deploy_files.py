@@ -49,6 +49,7 @@ COUNTERS = {
     "postback_dead_letter_total",
     "postback_delivery_attempts_total",
     "postback_duplicates_skipped_total",
+    "postback_replay_requests_total",
     "postback_dispatch_task_failures_total",
     "postback_kafka_retries_total",
     "postback_kafka_unwritable_records_total",
@@ -583,10 +584,51 @@ def test_secrets_are_referenced_never_committed() -> None:
     pod = dispatcher["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     secret_volumes = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-    assert set(secret_volumes.values()) == {"postback-router-platforms"}
+    assert set(secret_volumes.values()) == {"postback-router-platforms", "postback-router-kafka"}
     (secrets_dir,) = [e["value"] for e in container["env"] if e["name"] == "POSTBACK_SECRETS_DIR"]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"] if m["name"] in secret_volumes}
     assert mounts[secrets_dir]["readOnly"] is True
+
+
+KAFKA_SECRETS_DIR = "/run/secrets/kafka"
+
+
+def test_every_deployment_mounts_the_kafka_secret_read_only() -> None:
+    for deployment in _deployments():
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        volumes = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == KAFKA_SECRETS_DIR]
+        assert mount["readOnly"] is True, name
+        secret = volumes[mount["name"]]
+        # optional: a PLAINTEXT cluster needs no such Secret, and its pods must still start
+        assert (secret["secretName"], secret["optional"]) == ("postback-router-kafka", True), name
+
+
+def test_the_configmaps_kafka_security_example_is_valid_with_the_secrets_files(tmp_path: Path) -> None:
+    """The commented SASL_SSL / mutual TLS settings, uncommented, with the Secret's files where they are mounted."""
+    from tests.tls_certificates import make_ca, make_leaf
+
+    text = (KUBERNETES / "configmap.yaml").read_text()
+    example = dict(re.findall(r'^  # (KAFKA_[A-Z_]+): "([^"]*)"', text, re.MULTILINE))
+    assert example["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    ca = make_ca(tmp_path, "ca")
+    user = make_leaf(ca, tmp_path, "user", client=True)
+    files = {"sasl-password": b"from-the-secret\n", "ca.crt": ca.cert.read_bytes()}
+    files |= {"user.crt": user.cert.read_bytes(), "user.key": user.key.read_bytes()}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    env = {**_config_data(), **{k: v.replace(KAFKA_SECRETS_DIR, str(tmp_path)) for k, v in example.items()}}
+    mounted = {v for k, v in example.items() if k.endswith("FILE")}
+    assert mounted == {f"{KAFKA_SECRETS_DIR}/{name}" for name in files}
+    security = load_settings(env).kafka_security
+    assert (security.protocol, security.sasl_mechanism, security.sasl_password) == (
+        "SASL_SSL",
+        "SCRAM-SHA-512",
+        "from-the-secret",
+    )
+    assert load_settings(_config_data()).kafka_security.protocol == "PLAINTEXT"  # as shipped
 
 
 # --- docker compose ------------------------------------------------------------------------------

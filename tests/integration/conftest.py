@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.fakes.s2s_sink import S2SSink
 from tests.integration.kafka_helpers import Deployment
 
 
@@ -28,3 +29,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[S2SSink]:
+    """An S2S receiver on loopback that answers 200 and records what it got (tests that need another
+    kind of receiver define their own `sink`)."""
+    async with S2SSink() as running:
+        yield running

@@ -16,15 +16,26 @@ from typing import Any
 import aiohttp
 
 from postback_router.embedded_broker import free_loopback_port
+from service.kafka_connection import KafkaConnection
 from service.kafka_io import Record, produce, read_topic
+from service.settings import load_settings
 
 # Generous: on a loaded 2-core CI machine a worker start (group join, table recovery) can take
 # several seconds; a test that waits this long has failed anyway.
 DEFAULT_DEADLINE_SECONDS = 60.0
 
 
+# A dispatcher's settings in tests: loopback destinations allowed, retries and timeouts short.
+DISPATCH_ENV = {
+    "POSTBACK_ALLOW_PRIVATE_TARGETS": "1",  # the sink is on loopback
+    "RETRY_BASE_DELAY": "100ms",
+    "RETRY_MAX_DELAY": "500ms",
+    "DELIVERY_TIMEOUT": "2s",
+}
+
+
 async def wait_for_records(
-    bootstrap: str,
+    kafka: KafkaConnection,
     topic: str,
     condition: Callable[[list[Record]], bool],
     deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
@@ -34,7 +45,7 @@ async def wait_for_records(
     """Poll `topic` until `condition(records)` holds; fail with what was there at the deadline."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_seconds
-    records = await read_topic(bootstrap, topic)
+    records = await read_topic(kafka, topic)
     while not condition(records):
         check_alive()
         if loop.time() > deadline:
@@ -43,7 +54,7 @@ async def wait_for_records(
                 f"{len(records)} records: {[r.value for r in records][:20]}"
             )
         await asyncio.sleep(0.1)
-        records = await read_topic(bootstrap, topic)
+        records = await read_topic(kafka, topic)
     return records
 
 
@@ -150,6 +161,11 @@ class Deployment:
     def topic(self, name: str) -> str:
         return self.prefix + name
 
+    @property
+    def kafka(self) -> KafkaConnection:
+        """The connection the deployment's processes use (KAFKA_SECURITY_PROTOCOL etc. from `extra_env`)."""
+        return load_settings(self.env()).kafka
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
@@ -190,10 +206,10 @@ class Deployment:
                 worker.terminate()
 
     async def produce(self, name: str, records: Iterable[tuple[Any, Any]]) -> None:
-        await produce(self.bootstrap, self.topic(name), records)
+        await produce(self.kafka, self.topic(name), records)
 
     async def read(self, name: str) -> list[Record]:
-        return await read_topic(self.bootstrap, self.topic(name))
+        return await read_topic(self.kafka, self.topic(name))
 
     async def wait_for(
         self,
@@ -206,7 +222,7 @@ class Deployment:
             for worker in self.workers:
                 worker.check_alive()
 
-        return await wait_for_records(self.bootstrap, self.topic(name), condition, deadline, describe, check_alive)
+        return await wait_for_records(self.kafka, self.topic(name), condition, deadline, describe, check_alive)
 
     async def create_topics(self) -> None:
         from service.settings import load_settings

@@ -216,10 +216,31 @@ async def test_intake_refuses_bad_input_and_a_missing_secret(http: aiohttp.Clien
         assert response.status == 401
     async with http.get("/v1/postback", params={"clickid": "x", "campaign_id": "k", "secret": "wrong"}) as response:
         assert response.status == 403
-    async with http.get("/v1/postback", params={"campaign_id": "k", "status": "sale"}, headers=INTAKE) as response:
+    async with http.get("/v1/postback", params={"campaign_id": "k", "status": "sold"}, headers=INTAKE) as response:
         assert response.status == 400
         fields = {e["field"] for e in (await response.json())["fields"]}
     assert fields == {"clickid", "status"}
+
+
+async def test_a_tracker_style_postback_maps_its_status_through_the_offer_source(
+    api: RunningApi, http: aiohttp.ClientSession
+) -> None:
+    document = {"default_status": "pending", "status_map": {"Paid": "approved"}}
+    async with http.put("/v1/offer-sources/trk-net", json=document, headers=AUTH) as response:
+        assert response.status == 200
+    # published, then the first call: the api's view catches up with the topic before it reads it
+    query = {"cid": "trk-1", "campaign_id": "trk-camp", "offer_source_id": "trk-net", "amount": "3.5", "goal": "ftd"}
+    async with http.get("/postback", params={**query, "status": "PAID"}, headers=INTAKE) as response:
+        assert response.status == 200, await response.text()
+        paid = await response.json()
+    async with http.get("/postback", params={**query, "subid": "trk-2", "status": "hold"}, headers=INTAKE) as response:
+        assert response.status == 400  # cid and subid name the click with different values
+        assert (await response.json())["reason"] == "conflicting_fields"
+    records = await api.deployment.wait_for(
+        "conversions", lambda rs: any(r.key == paid["conversion_id"].encode() for r in rs), "the conversion"
+    )
+    (event,) = values_of(records, paid["conversion_id"])
+    assert (event["click_id"], event["status"], event["payout"], event["type"]) == ("trk-1", "approved", "3.5", "ftd")
 
 
 async def test_calling_intake_again_keeps_the_first_occurred_at(api: RunningApi, http: aiohttp.ClientSession) -> None:
@@ -277,6 +298,22 @@ async def test_intake_refuses_what_a_network_sent_by_mistake(api: RunningApi, ht
     assert await unfilled_macros_counted(http) == counted_before + 2
     topic = await api.deployment.read("conversions")
     assert not any(b"mistake-camp" in (r.value or b"") for r in topic)
+
+
+async def test_a_postback_without_campaign_goes_under_its_click_id_and_can_be_updated(
+    api: RunningApi, http: aiohttp.ClientSession
+) -> None:
+    async with http.get("/postback", params={"clickid": "nc-click", "status": "hold"}, headers=INTAKE) as response:
+        assert response.status == 200, await response.text()
+        conversion_id = (await response.json())["conversion_id"]
+    # the api's index of it (keyed by conversion_id) is read back for the update
+    async with http.patch(f"/v1/conversions/{conversion_id}", json={"status": "approved"}, headers=AUTH) as response:
+        assert response.status == 202, await response.text()
+    records = await api.deployment.wait_for(
+        "conversions", lambda rs: sum(r.key == b"nc-click" for r in rs) >= 2, "both versions under the click id"
+    )
+    statuses = [v["status"] for v in values_of(records, "nc-click")]
+    assert statuses == ["pending", "approved"]
 
 
 async def test_patch_publishes_a_numeric_payout_as_a_decimal_string(
@@ -389,10 +426,17 @@ def test_the_api_matches_its_openapi_document(
     api_schema: schemathesis.BaseSchema, method: str, path: str, mode: GenerationMode
 ) -> None:
     operation = api_schema[path][method]
-    headers = dict(INTAKE) if path == "/v1/postback" else dict(AUTH)
+    intake = path in ("/v1/postback", "/postback")
+    headers = dict(INTAKE) if intake else dict(AUTH)
     # Documents are checked beyond their schema (unique entry ids, URL macros; a body id equal to the
-    # path's), so some schema-valid PUT bodies are rightly refused with 400.
-    excluded = [positive_data_acceptance] if method == "PUT" else []
+    # path's), so some schema-valid PUT bodies are rightly refused with 400. Intake's query parameters
+    # have rules across parameters that OpenAPI parameters cannot state (a click id under one of four
+    # names, two names of one field that disagree): a GET schemathesis thinks valid may rightly be a 400.
+    # The form (POST) states them in its schema, so POST keeps the check.
+    # The rule test validates its sample and rules the same way, and answers 404 for a campaign without
+    # saved rules when the body brings none.
+    rule_test = path.endswith("/rules/test")
+    excluded = [positive_data_acceptance] if method == "PUT" or rule_test or (intake and method == "GET") else []
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(

@@ -13,7 +13,6 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -42,12 +41,6 @@ ENV = {
     "BREAKER_OPEN_SECONDS": "200ms",
     "BREAKER_MAX_OPEN_SECONDS": "400ms",
 }
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[S2SSink]:
-    async with S2SSink() as running:
-        yield running
 
 
 def postback(sink: S2SSink, n: int) -> dict[str, Any]:

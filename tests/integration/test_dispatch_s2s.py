@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -12,22 +11,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from devtools.fakes.s2s_sink import S2SSink
 from streams.core.schema_checks import full_validator
 from tests import factories as f
-from tests.integration.kafka_helpers import Deployment, Record
+from tests.integration.kafka_helpers import DISPATCH_ENV, Deployment, Record
 
 pytestmark = [pytest.mark.integration, pytest.mark.time_dependent]
-
-DISPATCH_ENV = {
-    "POSTBACK_ALLOW_PRIVATE_TARGETS": "1",  # the sink is on loopback
-    "RETRY_BASE_DELAY": "100ms",
-    "RETRY_MAX_DELAY": "500ms",
-    "DELIVERY_TIMEOUT": "2s",
-}
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[S2SSink]:
-    async with S2SSink() as running:
-        yield running
 
 
 async def wait_until_consumed(deployment: Deployment, name: str, group_id: str, deadline: float = 60) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -17,23 +16,11 @@ from aiokafka.admin import AIOKafkaAdminClient
 from devtools.fakes.s2s_sink import S2SSink
 from schemas.kinds import KINDS
 from tests import factories as f
-from tests.integration.kafka_helpers import DEFAULT_DEADLINE_SECONDS, Deployment, Record, WorkerProcess
+from tests.integration.kafka_helpers import DEFAULT_DEADLINE_SECONDS, DISPATCH_ENV, Deployment, Record, WorkerProcess
 
 pytestmark = pytest.mark.integration
 
-DISPATCH_ENV = {
-    "POSTBACK_ALLOW_PRIVATE_TARGETS": "1",  # the sink is on loopback
-    "RETRY_BASE_DELAY": "100ms",
-    "RETRY_MAX_DELAY": "500ms",
-    "DELIVERY_TIMEOUT": "2s",
-}
 CONVERSIONS = 20
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[S2SSink]:
-    async with S2SSink() as running:
-        yield running
 
 
 async def recreate_topics(deployment: Deployment) -> None:

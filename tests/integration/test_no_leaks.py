@@ -100,7 +100,7 @@ async def test_no_secret_or_personal_data_reaches_any_topic_or_log(
     inputs = {deployment.topic(name) for name in ("conversions", "campaign-rules", "offer-sources")}
     written: dict[str, bytes] = {}
     for topic in sorted(set(topics) - inputs):
-        for record in await read_topic(deployment.bootstrap, topic):
+        for record in await read_topic(deployment.kafka, topic):
             written[f"{topic} key"] = written.get(f"{topic} key", b"") + (record.key or b"") + b"\n"
             written[topic] = written.get(topic, b"") + (record.value or b"") + b"\n"
     for process in deployment.workers:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,6 @@ DISPATCH_ENV = {
 CONVERSIONS = 10
 FLAKY_FAILURES = 3  # 503s the /ok source answers before it recovers
 EMAIL = "player.one@example.com"  # must never reach a log line
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[S2SSink]:
-    async with S2SSink() as running:
-        yield running
 
 
 async def send_known_traffic(deployment: Deployment, sink: S2SSink) -> None:

@@ -21,6 +21,7 @@ from service.changelog_store import (
     record_digest,
     stale_reason,
 )
+from service.kafka_connection import KafkaConnection
 from service.kafka_io import Record
 
 
@@ -154,7 +155,7 @@ class StoreHarness:
 
     def store(self, changelog: FakeChangelog | None = None) -> ChangelogStore:
         return ChangelogStore(
-            "unused:9092",
+            KafkaConnection.plaintext("unused:9092"),
             TOPIC,
             "rocksdb",
             self.directory,

@@ -27,7 +27,8 @@ def test_defaults() -> None:
     assert s.auto_create_topics is True
     assert s.topic_partitions == 8
     assert s.topic_replication_factor is None
-    assert s.emit_evaluations is False
+    assert s.emit_evaluations is True
+    assert s.trace_retention_seconds == s.evaluations_retention_seconds == 30 * 86400
     assert s.batch_max_size == 1000
     assert s.session_timeout_seconds == 30
     assert s.heartbeat_interval_seconds == 3
@@ -48,7 +49,7 @@ def test_default_topics() -> None:
     assert topics.invalid(topics.campaign_rules) == "campaign-rules.invalid"
     assert topics.conversion_index == "conversions.index"
     assert topics.compacted == ("campaign-rules", "offer-sources", "conversions.index")
-    assert len(topics.all()) == len(set(topics.all())) == 15
+    assert len(topics.all()) == len(set(topics.all())) == 16
 
 
 @pytest.mark.parametrize(

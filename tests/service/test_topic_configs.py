@@ -18,3 +18,8 @@ def test_topic_configs() -> None:
     assert topic_configs(settings, topics.conversions) == {}
     assert topic_configs(settings, topics.postbacks["s2s"]) == {}
     assert topic_configs(settings, settings.fired_state_changelog, compact=True) == {"cleanup.policy": "compact"}
+
+
+def test_the_evaluations_topic_is_kept_for_its_retention() -> None:
+    settings = load_settings({"KAFKA_BOOTSTRAP_SERVERS": "k:9092", "EVALUATIONS_RETENTION": "7d"})
+    assert topic_configs(settings, settings.topics.evaluations) == {"retention.ms": str(7 * 86400 * 1000)}

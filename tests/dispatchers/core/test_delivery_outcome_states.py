@@ -26,7 +26,8 @@ from dispatchers.core.delivery_state import EmitRecord, decode_delivery_state, e
 from dispatchers.core.outcome import Outcome, Verdict
 from tests import factories as f
 
-STARTED = datetime(2026, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC)
+# a start time with a fraction of a second, as encoded states keep it; derived from now (no absolute dates)
+STARTED = datetime.now(UTC).replace(microsecond=250_000)
 
 
 @dataclass(frozen=True)

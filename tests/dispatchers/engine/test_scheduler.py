@@ -245,6 +245,26 @@ async def test_duplicate_submissions_are_ignored_while_pending_and_after_final(
     assert sink.count() == 1
 
 
+async def test_a_replay_of_a_postback_final_here_is_a_new_cycle_that_continues_its_attempts(
+    sink: S2SSink, make: MakeScheduler
+) -> None:
+    sink.respond_with("/goal", body="ERROR", status=400)
+    finals = Finals()
+    scheduler = make(finals)
+    postback = matched(sink.url("/goal"), 1)
+    scheduler.submit(postback)
+    await scheduler.start()
+    (first,) = await finals.wait_for(1)
+    assert (first.result, first.attempts) == ("rejected", 1)
+    sink.respond_with("/goal", body="OK", status=200)
+    scheduler.submit(dict(postback), attempts=first.attempts, replay=True)  # remembered as final: taken anyway
+    scheduler.submit(dict(postback), attempts=first.attempts, replay=True)  # pending: ignored
+    await finals.wait_for(2)
+    await scheduler.drain(1.0)
+    assert [(f.result, f.attempts) for f in finals.items] == [("rejected", 1), ("delivered", 2)]
+    assert sink.count("/goal") == 2
+
+
 # --- circuit breaker --------------------------------------------------------------------------------------
 
 

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from postback_router.api.app import build_app, utc_now
-from postback_router.api.backend import Table, Unavailable, Write
+from postback_router.api.backend import ListedTable, Table, Unavailable, Write
+from postback_router.api.listing import Listed, page_of_keys
 from service.ops_http import Readiness
 from service.settings import Settings, load_settings
 from tests import factories as f
@@ -54,6 +55,12 @@ class MemoryBackend:
                     self.tables[write.destination].pop(write.key, None)
                 else:
                     self.tables[write.destination][write.key] = dict(write.value)
+
+    async def scan(self, table: ListedTable, prefix: str, after: str | None, limit: int) -> list[Listed]:
+        documents = self.tables[table]
+        if self.failing:
+            raise Unavailable("Kafka did not answer in time")
+        return [Listed(key, documents[key], None) for key in page_of_keys(sorted(documents), prefix, after, limit)]
 
     def on(self, destination: str) -> list[Write]:
         return [w for w in self.written if w.destination == destination]
@@ -319,7 +326,7 @@ async def test_invalid_postbacks_are_400_naming_each_field_as_sent(
         "error": "invalid postback",
         "reason": "invalid_value",
         "fields": [
-            {"field": "clickid", "message": "is required", "reason": "missing_field"},
+            {"field": "clickid", "message": "is required (or one of click_id, cid, subid)", "reason": "missing_field"},
             {
                 "field": "sum",
                 "message": "must be a decimal number such as 12.50 (at most 18 digits before the point and 12 after)",

@@ -49,7 +49,9 @@ INVALID = [
     # required fields
     pytest.param(without("conversion_id"), "missing_field", "conversion_id", id="missing-conversion_id"),
     pytest.param(without("click_id"), "missing_field", "click_id", id="missing-click_id"),
-    pytest.param(without("campaign_id"), "missing_field", "campaign_id", id="missing-campaign_id"),
+    # without campaign_id (completed from its click) the key must be the click_id, not the conversion_id
+    pytest.param(without("campaign_id"), "key_mismatch", "click_id", id="missing-campaign_id-keyed-by-conversion"),
+    pytest.param(event(campaign_id=""), "invalid_value", "campaign_id", id="campaign_id-empty"),
     pytest.param(without("occurred_at"), "missing_field", "occurred_at", id="missing-occurred_at"),
     pytest.param(b"{}", "missing_field", "conversion_id", id="empty-object"),
     # wrong types

@@ -70,7 +70,9 @@ def test_disabled_entry_emits_nothing_and_is_counted() -> None:
     assert fired_entry_ids(result) == ["on"]
     assert result.filtered == {"disabled": 1}
     (evaluation,) = evaluations(result)
-    assert evaluation["skipped"] == [{"entry_id": "off", "kind": "s2s", "reason": "disabled"}]
+    assert evaluation["skipped"] == [
+        {"entry_id": "off", "kind": "s2s", "destination_id": rules.entries[0].destination_id, "reason": "disabled"}
+    ]
 
 
 # --- 2.2 Effective status and where it came from --------------------------------------------------
