@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import EllipsisType
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import jsonschema
 import orjson
 
+from dispatchers.core.outcome import Outcome
 from schemas import load_schema
 from streams.core.batch import ConversionBatchProcessor, MatcherConfig, SourceRecord
 from streams.core.fired_record import FiredRecord
@@ -229,3 +231,16 @@ def schema_validator(name: str) -> jsonschema.protocols.Validator:
 def schema_errors(name: str, message: Any) -> list[str]:
     """Every violation of the named schema by `message`, as readable lines (empty: valid)."""
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in schema_validator(name).iter_errors(message)]
+
+
+@dataclass(frozen=True)
+class Final:
+    """What the schedulers report (dispatchers/engine FinalOutcome): the fields the delivery builders read."""
+
+    postback: dict[str, Any]
+    result: str
+    attempts: int
+    last_outcome: Outcome
+    latency_seconds: float
+    first_attempt_at: datetime
+    finished_at: datetime

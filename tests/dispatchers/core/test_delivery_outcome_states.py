@@ -25,20 +25,10 @@ from dispatchers.core.delivery_records import (
 from dispatchers.core.delivery_state import EmitRecord, decode_delivery_state, encode_delivery_state
 from dispatchers.core.outcome import Outcome, Verdict
 from tests import factories as f
+from tests.factories import Final
 
 # a start time with a fraction of a second, as encoded states keep it; derived from now (no absolute dates)
 STARTED = datetime.now(UTC).replace(microsecond=250_000)
-
-
-@dataclass(frozen=True)
-class Final:
-    postback: dict[str, Any]
-    result: str
-    attempts: int
-    last_outcome: Outcome
-    latency_seconds: float
-    first_attempt_at: datetime
-    finished_at: datetime
 
 
 def postback(**extra: Any) -> dict[str, Any]:

@@ -23,25 +23,13 @@ from dispatchers.core.delivery_records import (
 from dispatchers.core.delivery_state import decode_delivery_state, encode_delivery_state
 from dispatchers.core.outcome import Outcome, Verdict
 from tests import factories as f
+from tests.factories import Final
 
 STARTED = datetime(2026, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 FINISHED = STARTED + timedelta(seconds=1.5)
 NOW = "2026-05-01T12:00:02.000Z"
 EMAIL = "Someone@Example.com"
 PHONE = "+447911123456"
-
-
-@dataclass(frozen=True)
-class Final:
-    """What the schedulers report (dispatchers/engine FinalOutcome): the fields the builders read."""
-
-    postback: dict[str, Any]
-    result: str
-    attempts: int
-    last_outcome: Outcome
-    latency_seconds: float
-    first_attempt_at: datetime
-    finished_at: datetime
 
 
 @dataclass(frozen=True)

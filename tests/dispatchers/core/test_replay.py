@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,20 +34,10 @@ from dispatchers.core.replay import (
     split_replay_request,
 )
 from tests import factories as f
+from tests.factories import Final
 
 NOW = int(datetime.now(UTC).timestamp())
 RECEIVED = datetime.now(UTC).isoformat()
-
-
-@dataclass(frozen=True)
-class Final:
-    postback: dict[str, Any]
-    result: str
-    attempts: int
-    last_outcome: Outcome
-    latency_seconds: float
-    first_attempt_at: datetime
-    finished_at: datetime
 
 
 def postback() -> dict[str, Any]:
